@@ -1,0 +1,55 @@
+"""Websockets: the live dashboard of a project.
+
+The browser opens ws/projects/<id>/live/. The consumer checks the user's
+membership (close code 4403 otherwise), joins the project's group, and on every
+"project.changed" event sends the re-rendered stats fragment, which the page
+swaps in place.
+"""
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.template.loader import render_to_string
+
+from .live import group_name
+from .models import Project
+from .permissions import VIEW, can, capabilities
+from .stats import project_stats
+
+
+class ProjectLiveConsumer(AsyncWebsocketConsumer):
+    async def connect(self):
+        self.project_id = self.scope["url_route"]["kwargs"]["project_id"]
+        user = self.scope.get("user")
+        allowed = await database_sync_to_async(self._allowed)(user)
+        if not allowed:
+            await self.close(code=4403)
+            return
+        self.group = group_name(self.project_id)
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.accept()
+        await self.send(text_data=await database_sync_to_async(self._render)())
+
+    def _allowed(self, user) -> bool:
+        return bool(user and user.is_authenticated and can(user, self.project_id, VIEW, fresh=True))
+
+    def _render(self) -> str:
+        project = Project.objects.get(pk=self.project_id)
+        user = self.scope["user"]
+        return render_to_string(
+            "annotation/_dashboard_stats.html",
+            {"project": project, "stats": project_stats(project), "project_caps": capabilities(user, project)},
+        )
+
+    async def disconnect(self, code):
+        if hasattr(self, "group"):
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def receive(self, text_data=None, bytes_data=None):
+        """Clients only listen; anything they send is ignored."""
+
+    async def project_changed(self, event):
+        # Re-check membership on every push: a removed member stops receiving data.
+        if not await database_sync_to_async(self._allowed)(self.scope.get("user")):
+            await self.close(code=4403)
+            return
+        await self.send(text_data=await database_sync_to_async(self._render)())

@@ -1,0 +1,230 @@
+"""The core tables. Kind-specific content lives in JSON validated by the kind's schemas.
+
+Queue, list and count queries touch only Item (thin rows); the payload sits in
+ItemPayload so a 200-step trajectory never slows the queue.
+"""
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+
+class Role(models.TextChoices):
+    MANAGER = "manager", "Manager"
+    REVIEWER = "reviewer", "Reviewer"
+    ANNOTATOR = "annotator", "Annotator"
+    VIEWER = "viewer", "Viewer"
+
+
+class Project(models.Model):
+    name = models.CharField(max_length=200)
+    kind = models.CharField(max_length=50, default="lfm_trajectory")
+    description = models.TextField(blank=True)
+    guidelines = models.TextField(blank=True)
+    guidelines_version = models.PositiveIntegerField(default=1)
+    answers_per_item = models.PositiveSmallIntegerField(
+        default=1, help_text="How many independent answers each item needs."
+    )
+    lease_minutes = models.PositiveIntegerField(
+        default=30, help_text="How long a reviewer holds an item before it returns to the queue."
+    )
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+    members = models.ManyToManyField(settings.AUTH_USER_MODEL, through="Membership", related_name="projects")
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return self.name
+
+    @property
+    def kind_spec(self):
+        from annotation.kinds import get_kind
+
+        return get_kind(self.kind)
+
+
+class Membership(models.Model):
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=20, choices=Role.choices, default=Role.ANNOTATOR)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["project", "user"], name="one_membership_per_user")]
+
+    def __str__(self):
+        return f"{self.user} in {self.project} as {self.role}"
+
+
+class ImportJob(models.Model):
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="imports")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL)
+    filename = models.CharField(max_length=255)
+    path = models.CharField(max_length=500, help_text="Where the uploaded file lies under DATA_DIR.")
+    format = models.CharField(max_length=20, default="auto")
+    size_bytes = models.BigIntegerField(default=0)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED)
+    bytes_read = models.BigIntegerField(default=0)
+    lines_read = models.PositiveIntegerField(default=0)
+    items_imported = models.PositiveIntegerField(default=0)
+    steps_imported = models.PositiveBigIntegerField(default=0)
+    errors = models.JSONField(default=list, blank=True)
+    error_count = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    @property
+    def progress(self) -> float:
+        if self.status == self.Status.SUCCEEDED:
+            return 1.0
+        return min(1.0, self.bytes_read / self.size_bytes) if self.size_bytes else 0.0
+
+
+class ItemQuerySet(models.QuerySet):
+    def live(self):
+        """Items that finished importing (staged rows of a running import are invisible)."""
+        return self.exclude(state=Item.State.STAGED)
+
+
+class Item(models.Model):
+    class State(models.TextChoices):
+        STAGED = "staged"  # written by an import that has not committed yet
+        OPEN = "open"  # needs more answers
+        DONE = "done"  # has its answers, final label not settled (disagreement)
+        FINAL = "final"  # final label settled
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="items")
+    external_id = models.CharField(max_length=255, blank=True)
+    seq = models.BigIntegerField(help_text="Import order within the project.")
+    state = models.CharField(max_length=10, choices=State.choices, default=State.OPEN)
+    priority = models.FloatField(default=0.0, help_text="Higher comes first in the queue.")
+    answer_count = models.PositiveSmallIntegerField(default=0)
+    step_count = models.PositiveIntegerField(default=0)
+    import_job = models.ForeignKey(ImportJob, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    objects = ItemQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["seq"]
+        indexes = [
+            models.Index(fields=["project", "state", "-priority", "seq"], name="item_queue_idx"),
+            models.Index(fields=["project", "seq"], name="item_seq_idx"),
+            models.Index(fields=["import_job", "state"], name="item_import_idx"),
+        ]
+
+    def __str__(self):
+        return self.external_id or f"item {self.pk}"
+
+
+class ItemPayload(models.Model):
+    item = models.OneToOneField(Item, primary_key=True, on_delete=models.CASCADE, related_name="payload")
+    data = models.JSONField()
+
+
+class Prediction(models.Model):
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="predictions")
+    model_version = models.CharField(max_length=100)
+    data = models.JSONField()
+    uncertainty = models.FloatField(default=0.0, help_text="0 = certain, 1 = a coin flip.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["item", "-created_at"], name="prediction_latest_idx")]
+
+
+class Lease(models.Model):
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="leases")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="leases")
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["item", "user"], name="one_lease_per_user_item")]
+        indexes = [models.Index(fields=["item", "expires_at"], name="lease_active_idx")]
+
+
+class Answer(models.Model):
+    class Status(models.TextChoices):
+        DRAFT = "draft"
+        SUBMITTED = "submitted"
+        REJECTED = "rejected"
+
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="answers")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="answers")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.DRAFT)
+    data = models.JSONField(default=dict)
+    time_spent_ms = models.PositiveIntegerField(default=0)
+    guidelines_version = models.PositiveIntegerField(default=1)
+    model_version = models.CharField(max_length=100, blank=True, help_text="Prediction shown while answering.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    submitted_at = models.DateTimeField(null=True, blank=True)
+    reviewed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["item", "user"], name="one_answer_per_user_item")]
+        indexes = [
+            models.Index(fields=["item", "status"], name="answer_item_idx"),
+            models.Index(fields=["user", "status"], name="answer_user_idx"),
+            models.Index(fields=["submitted_at"], name="answer_submitted_idx"),
+        ]
+
+
+class Final(models.Model):
+    class Method(models.TextChoices):
+        ADJUDICATED = "adjudicated"
+        UNANIMOUS = "unanimous"
+        MAJORITY = "majority"
+
+    item = models.OneToOneField(Item, primary_key=True, on_delete=models.CASCADE, related_name="final")
+    data = models.JSONField()
+    method = models.CharField(max_length=20, choices=Method.choices)
+    decided_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    decided_at = models.DateTimeField(default=timezone.now)
+
+
+class AuditEvent(models.Model):
+    project = models.ForeignKey(Project, null=True, blank=True, on_delete=models.CASCADE, related_name="audit")
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    verb = models.CharField(max_length=50)
+    object_type = models.CharField(max_length=50)
+    object_id = models.CharField(max_length=64)
+    before = models.JSONField(null=True, blank=True)
+    after = models.JSONField(null=True, blank=True)
+    at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-at"]
+        indexes = [models.Index(fields=["project", "-at"], name="audit_project_idx")]
+
+    @classmethod
+    def record(cls, *, actor, verb, obj, project=None, before=None, after=None):
+        return cls.objects.create(
+            project=project,
+            actor=actor if getattr(actor, "is_authenticated", False) else None,
+            verb=verb,
+            object_type=obj._meta.model_name,
+            object_id=str(obj.pk),
+            before=before,
+            after=after,
+        )
+
+
+SUBMITTED = Q(status=Answer.Status.SUBMITTED)

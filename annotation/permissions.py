@@ -1,0 +1,91 @@
+"""Who may do what in a project. One table of capabilities per role, used by pages, API and websockets.
+
+A user who is not a member of a project gets 404 for everything in it, so the
+existence of other projects does not leak. A member without the capability gets 403.
+Site admins (superusers) act as managers everywhere.
+"""
+
+from functools import wraps
+
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.http import Http404
+from django.shortcuts import get_object_or_404
+
+from .models import Membership, Project, Role
+
+VIEW = "view"  # dashboard, items, final labels
+ANNOTATE = "annotate"  # take items from the queue, answer them
+REVIEW = "review"  # see everyone's answers, adjudicate, accept or reject answers
+MANAGE = "manage"  # settings, members, imports, exports, models, audit log
+
+CAPABILITIES = {
+    Role.MANAGER: {VIEW, ANNOTATE, REVIEW, MANAGE},
+    Role.REVIEWER: {VIEW, ANNOTATE, REVIEW},
+    Role.ANNOTATOR: {VIEW, ANNOTATE},
+    Role.VIEWER: {VIEW},
+}
+
+
+def role_of(user, project, *, fresh: bool = False) -> str | None:
+    """The user's role in the project, or None. Cached on the user object for one request;
+    long-lived holders (websockets) pass fresh=True."""
+    if not getattr(user, "is_authenticated", False):
+        return None
+    if user.is_superuser:
+        return Role.MANAGER
+    cache = getattr(user, "_project_roles", None)
+    if cache is None:
+        cache = user._project_roles = {}
+    pid = project.pk if isinstance(project, Project) else int(project)
+    if fresh or pid not in cache:
+        cache[pid] = Membership.objects.filter(project_id=pid, user=user).values_list("role", flat=True).first()
+    return cache[pid]
+
+
+def can(user, project, capability: str, *, fresh: bool = False) -> bool:
+    role = role_of(user, project, fresh=fresh)
+    return role is not None and capability in CAPABILITIES[role]
+
+
+def capabilities(user, project) -> set[str]:
+    role = role_of(user, project)
+    return set(CAPABILITIES[role]) if role else set()
+
+
+def get_project_for(user, project_id, capability: str) -> Project:
+    """The project if the user may do `capability` in it; 404 for non-members, 403 for members who may not."""
+    try:
+        project_id = int(project_id)
+    except (TypeError, ValueError):
+        raise Http404("No such project") from None
+    role = role_of(user, project_id)
+    if role is None:
+        raise Http404("No such project")
+    if capability not in CAPABILITIES[role]:
+        raise PermissionDenied(f"Your role ({role}) may not do this.")
+    return get_object_or_404(Project, pk=project_id)
+
+
+def visible_projects(user):
+    if user.is_superuser:
+        return Project.objects.all()
+    return Project.objects.filter(memberships__user=user)
+
+
+def project_view(capability: str):
+    """Decorator for page views taking `project_id`: logs in, checks role, passes `project`."""
+
+    def decorator(view):
+        @login_required
+        @wraps(view)
+        def wrapper(request, project_id, *args, **kwargs):
+            project = get_project_for(request.user, project_id, capability)
+            request.project_role = role_of(request.user, project)
+            request.project_caps = CAPABILITIES[request.project_role]
+            return view(request, project, *args, **kwargs)
+
+        wrapper.required_capability = capability
+        return wrapper
+
+    return decorator

@@ -1,0 +1,7 @@
+from django.urls import path
+
+from . import consumers
+
+websocket_urlpatterns = [
+    path("ws/projects/<int:project_id>/live/", consumers.ProjectLiveConsumer.as_asgi()),
+]

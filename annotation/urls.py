@@ -1,0 +1,11 @@
+"""Page URLs. Each view module keeps its own `urlpatterns`; they are joined here."""
+
+from .views import adjudication, exports, imports, projects, review
+
+urlpatterns = [
+    *projects.urlpatterns,
+    *review.urlpatterns,
+    *adjudication.urlpatterns,
+    *imports.urlpatterns,
+    *exports.urlpatterns,
+]

@@ -1,0 +1,3 @@
+"""Pages: adjudication."""
+
+urlpatterns = []
