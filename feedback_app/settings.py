@@ -96,7 +96,7 @@ if DATABASE_URL:
     DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)}
     if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
         # A fixed test database name, so live-server tests in other processes find it.
-        DATABASES["default"]["TEST"] = {"NAME": os.environ.get("TEST_DATABASE_NAME", "test_feedback")}
+        DATABASES["default"]["TEST"] = {"NAME": "test_feedback" + os.environ.get("TEST_DB_SUFFIX", "")}
 else:
     DATABASES = {
         "default": {
@@ -110,7 +110,7 @@ else:
                 "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
             },
             # A file database in tests too: the live server, the worker and websockets share it.
-            "TEST": {"NAME": str(DATA_DIR / "test_feedback.sqlite3")},
+            "TEST": {"NAME": str(DATA_DIR / f"test_feedback{os.environ.get('TEST_DB_SUFFIX', '')}.sqlite3")},
         }
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

@@ -1,0 +1,87 @@
+"""Live dashboard: a submit pushes fresh stats to open websockets (in-memory layer, or Redis when REDIS_URL is set)."""
+
+import asyncio
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.test import override_settings
+
+from annotation import answers, live
+from annotation.models import Role
+from feedback_app.asgi import application
+
+from .factories import add_member, full_answer, make_items, make_project
+
+
+def _communicator(project, user):
+    comm = WebsocketCommunicator(application, f"/ws/projects/{project.pk}/live/", headers=[(b"origin", b"http://localhost")])
+    comm.scope["user"] = user
+    return comm
+
+
+@pytest.mark.django_db(transaction=True)
+def test_submit_pushes_new_stats_to_the_dashboard():
+    project = make_project(answers_per_item=1)
+    viewer = add_member(project, Role.VIEWER)
+    annotator = add_member(project, Role.ANNOTATOR)
+    item = make_items(project, count=2)[0]
+
+    async def scenario():
+        comm = _communicator(project, viewer)
+        connected, _ = await comm.connect()
+        assert connected
+        first = await comm.receive_from(timeout=5)
+        assert 'id="stat-answers">0<' in first
+        await sync_to_async(answers.submit)(item, annotator, full_answer(item))
+        pushed = await comm.receive_from(timeout=5)
+        assert 'id="stat-answers">1<' in pushed
+        assert annotator.username in pushed
+        await comm.disconnect()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_member_removed_while_connected_stops_receiving():
+    project = make_project()
+    viewer = add_member(project, Role.VIEWER)
+    annotator = add_member(project, Role.ANNOTATOR)
+    item = make_items(project, count=1)[0]
+
+    async def scenario():
+        comm = _communicator(project, viewer)
+        assert (await comm.connect())[0]
+        await comm.receive_from(timeout=5)
+        await sync_to_async(lambda: project.memberships.filter(user=viewer).delete())()
+        await sync_to_async(answers.submit)(item, annotator, full_answer(item))
+        out = await comm.receive_output(timeout=5)
+        assert out["type"] == "websocket.close"
+        assert out.get("code") == 4403
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.django_db(transaction=True)
+def test_submits_still_work_when_the_channel_layer_is_down():
+    """A broken Redis must not lose answers: the page falls back to polling."""
+    project = make_project()
+    annotator = add_member(project, Role.ANNOTATOR)
+    item = make_items(project, count=1)[0]
+    broken = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer",
+                          "CONFIG": {"hosts": [{"address": "redis://127.0.0.1:1/0", "socket_timeout": None}]}}}
+    from channels.layers import channel_layers
+
+    with override_settings(CHANNEL_LAYERS=broken):
+        channel_layers.backends.clear()
+        try:
+            result = answers.submit(item, annotator, full_answer(item))
+        finally:
+            channel_layers.backends.clear()
+    assert result.created
+    item.refresh_from_db()
+    assert item.answer_count == 1
+
+
+def test_group_names_are_per_project():
+    assert live.group_name(3) != live.group_name(4)
