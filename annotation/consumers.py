@@ -6,6 +6,9 @@ membership (close code 4403 otherwise), joins the project's group, and on every
 swaps in place.
 """
 
+import asyncio
+import time
+
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.template.loader import render_to_string
@@ -17,6 +20,11 @@ from .stats import project_stats
 
 
 class ProjectLiveConsumer(AsyncWebsocketConsumer):
+    # Bursts of submits are coalesced: at most one re-render per interval per socket.
+    min_interval = 1.0
+    _pending = False
+    _last_sent = 0.0
+
     async def connect(self):
         self.project_id = self.scope["url_route"]["kwargs"]["project_id"]
         user = self.scope.get("user")
@@ -48,8 +56,24 @@ class ProjectLiveConsumer(AsyncWebsocketConsumer):
         """Clients only listen; anything they send is ignored."""
 
     async def project_changed(self, event):
-        # Re-check membership on every push: a removed member stops receiving data.
-        if not await database_sync_to_async(self._allowed)(self.scope.get("user")):
-            await self.close(code=4403)
-            return
-        await self.send(text_data=await database_sync_to_async(self._render)())
+        # Handlers run one at a time, so the re-render runs in its own task and
+        # events that arrive meanwhile fold into it.
+        if not self._pending:
+            self._pending = True
+            asyncio.get_running_loop().create_task(self._flush())
+
+    async def _flush(self):
+        try:
+            wait = self._last_sent + self.min_interval - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self._pending = False
+            # Re-check membership on every push: a removed member stops receiving data.
+            if not await database_sync_to_async(self._allowed)(self.scope.get("user")):
+                await self.close(code=4403)
+                return
+            html = await database_sync_to_async(self._render)()
+            self._last_sent = time.monotonic()
+            await self.send(text_data=html)
+        finally:
+            self._pending = False
