@@ -1,0 +1,713 @@
+"""The REST API. Thin views over the core: permissions, queue, answers, stats, imports, exports.
+
+Every view class declares `required_capability` (see annotation/api/permissions.py);
+the ProjectCapability permission resolves `project_id` from the URL and checks it.
+Errors answer {"detail": "...", "errors": [{"field", "message"}]} with the status of the problem.
+"""
+
+from collections.abc import Mapping
+
+from django.db import transaction
+from django.db.models import Case, IntegerField, Q, Value, When
+from django.utils import timezone
+from drf_spectacular.openapi import AutoSchema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import status
+from rest_framework.authtoken.models import Token
+from rest_framework.authtoken.serializers import AuthTokenSerializer
+from rest_framework.exceptions import APIException
+from rest_framework.generics import GenericAPIView
+from rest_framework.pagination import PageNumberPagination
+from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.permissions import IsAuthenticated
+from rest_framework.response import Response
+
+from .. import exporting, importing, queue
+from ..answers import AnswerError, adjudicate, latest_prediction, review_answer, save_draft, submit
+from ..kinds import KindError, all_kinds, get_kind
+from ..models import Answer, AuditEvent, Final, ImportJob, Item, Lease, Membership, Project, Role
+from ..permissions import ANNOTATE, MANAGE, REVIEW, VIEW, visible_projects
+from ..stats import item_agreement, project_stats
+from . import serializers as s
+from .permissions import ProjectCapability, capability_for
+
+ITEM_STATES = [state for state in Item.State.values if state != Item.State.STAGED]
+
+
+# --- plumbing -----------------------------------------------------------------
+
+
+class Pagination(PageNumberPagination):
+    page_size = 50
+    page_size_query_param = "page_size"
+    max_page_size = 500
+
+
+class ApiError(APIException):
+    """An error answered as {"detail": message, "errors": [...]} with `status`."""
+
+    def __init__(self, status_code: int, message: str, errors: list[dict] | None = None):
+        super().__init__(message)
+        self.status_code = status_code
+        self.detail = {"detail": message, "errors": list(errors or [])}
+
+
+def _flatten(errors, prefix="") -> list[dict]:
+    out = []
+    if isinstance(errors, Mapping):
+        for key, value in errors.items():
+            name = "" if key == "non_field_errors" else str(key)
+            out += _flatten(value, f"{prefix}.{name}" if prefix and name else (name or prefix))
+    elif isinstance(errors, list) and errors and all(isinstance(e, str) for e in errors):
+        out += [{"field": prefix or None, "message": str(e)} for e in errors]
+    elif isinstance(errors, list):
+        for i, value in enumerate(errors):
+            out += _flatten(value, f"{prefix}.{i}" if prefix else str(i))
+    else:
+        out.append({"field": prefix or None, "message": str(errors)})
+    return out
+
+
+def validated(serializer_class, data, **kwargs):
+    """A serializer whose data is valid, or a 400 with one entry per problem."""
+    serializer = serializer_class(data=data, **kwargs)
+    if not serializer.is_valid():
+        errors = _flatten(serializer.errors)
+        message = "; ".join(f"{e['field']}: {e['message']}" if e["field"] else e["message"] for e in errors)
+        raise ApiError(400, message or "Invalid request.", errors)
+    return serializer
+
+
+def answer_error(exc: AnswerError) -> ApiError:
+    return ApiError(exc.status, exc.message, exc.errors)
+
+
+class CapabilitySchema(AutoSchema):
+    """Adds the capability a view needs to its description in the OpenAPI document."""
+
+    def get_description(self):
+        description = super().get_description() or ""
+        capability = capability_for(self.view, self.method)
+        if capability is not None:
+            note = f"Needs the `{capability}` capability in the project."
+            description = f"{description}\n\n{note}" if description else note
+        return description
+
+
+ERRORS = {
+    400: OpenApiResponse(s.ErrorSerializer, description="Invalid request."),
+    401: OpenApiResponse(s.ErrorSerializer, description="Not authenticated."),
+    403: OpenApiResponse(s.ErrorSerializer, description="Your role may not do this."),
+    404: OpenApiResponse(s.ErrorSerializer, description="No such project (or not a member), or no such object."),
+    409: OpenApiResponse(s.ErrorSerializer, description="Conflicts with the current state."),
+}
+
+
+def errors(*codes) -> dict:
+    return {code: ERRORS[code] for code in codes}
+
+
+class ApiView(GenericAPIView):
+    """Base of every API view: authentication, the capability check, pagination, schema."""
+
+    permission_classes = [IsAuthenticated, ProjectCapability]
+    pagination_class = Pagination
+    schema = CapabilitySchema()
+    required_capability: str | dict | None = None
+    project_url_kwarg = "project_id"
+    project: Project
+
+    def paginated(self, queryset, serializer_class, **kwargs):
+        page = self.paginate_queryset(queryset)
+        return self.get_paginated_response(serializer_class(page, many=True, **kwargs).data)
+
+    def get_item(self, item_id, *, with_payload=True) -> Item:
+        qs = Item.objects.live().filter(project=self.project)
+        if with_payload:
+            qs = qs.select_related("payload")
+        item = qs.filter(pk=item_id).first()
+        if item is None:
+            raise ApiError(404, "No such item in this project.")
+        item.project = self.project
+        return item
+
+
+def item_detail(item: Item, user, caps, project: Project) -> Item:
+    """Attach what `user` may see of `item` (read by ItemDetailSerializer).
+
+    Everyone in the project sees the payload, the latest prediction and the final label;
+    reviewers and managers see every answer, everyone else only their own."""
+    item.api_prediction = latest_prediction(item)
+    item.api_final = Final.objects.filter(item=item).select_related("decided_by").first()
+    answers = Answer.objects.filter(item=item).select_related("user", "reviewed_by").order_by("pk")
+    if REVIEW not in caps:
+        answers = answers.filter(user=user)
+    item.api_answers = list(answers)
+    item.api_lease = Lease.objects.filter(item=item, user=user, expires_at__gt=timezone.now()).first()
+    item.api_agreement = (
+        item_agreement(item) if REVIEW in caps and project.answers_per_item > 1 else None
+    )
+    return item
+
+
+PROJECT_ID = OpenApiParameter("project_id", OpenApiTypes.INT, OpenApiParameter.PATH, description="The project.")
+
+
+# --- auth ---------------------------------------------------------------------
+
+
+class TokenView(ApiView):
+    """Exchange a username and password for an API token (the same token on every call)."""
+
+    required_capability = None
+    permission_classes = []
+    authentication_classes = []
+    pagination_class = None
+
+    @extend_schema(
+        operation_id="auth_token", summary="Get an API token",
+        tags=["auth"],
+        request=s.TokenRequestSerializer,
+        responses={200: s.TokenSerializer, **errors(400)},
+        auth=[],
+    )
+    def post(self, request):
+        serializer = validated(AuthTokenSerializer, request.data, context={"request": request})
+        token, _ = Token.objects.get_or_create(user=serializer.validated_data["user"])
+        return Response({"token": token.key})
+
+
+# --- projects -----------------------------------------------------------------
+
+
+class ProjectListView(ApiView):
+    """The projects you are a member of (all of them for site admins); site staff create projects."""
+
+    required_capability = None
+
+    @extend_schema(operation_id="projects_list", summary="List your projects", tags=["projects"],
+                   responses={200: s.ProjectSerializer(many=True), **errors(401)})
+    def get(self, request):
+        user = request.user
+        projects = visible_projects(user).select_related("created_by").order_by("name", "pk")
+        if user.is_superuser:
+            roles = {pk: Role.MANAGER for pk in Project.objects.values_list("pk", flat=True)}
+        else:
+            roles = dict(Membership.objects.filter(user=user).values_list("project_id", "role"))
+        return self.paginated(projects, s.ProjectSerializer, context={"roles": roles})
+
+    @extend_schema(operation_id="projects_create", summary="Create a project (site staff)",
+                   tags=["projects"], request=s.ProjectCreateSerializer,
+                   responses={201: s.ProjectSerializer, **errors(400, 401, 403)})
+    def post(self, request):
+        if not request.user.is_staff:
+            raise ApiError(403, "Only site staff create projects.")
+        serializer = validated(s.ProjectCreateSerializer, request.data)
+        with transaction.atomic():
+            project = serializer.save(created_by=request.user)
+            Membership.objects.create(project=project, user=request.user, role=Role.MANAGER)
+            AuditEvent.record(actor=request.user, verb="project.created", obj=project, project=project,
+                              after={"name": project.name, "kind": project.kind})
+        return Response(s.ProjectSerializer(project, context={"role": Role.MANAGER}).data,
+                        status=status.HTTP_201_CREATED)
+
+
+class ProjectDetailView(ApiView):
+    """A project's settings. Managers change them; a change of guidelines bumps guidelines_version."""
+
+    required_capability = {"GET": VIEW, "PATCH": MANAGE}
+
+    @extend_schema(operation_id="project_retrieve", summary="Get a project",
+                   tags=["projects"], parameters=[PROJECT_ID],
+                   responses={200: s.ProjectSerializer, **errors(401, 404)})
+    def get(self, request, project_id):
+        return Response(s.ProjectSerializer(self.project, context={"role": self.project_role}).data)
+
+    @extend_schema(operation_id="project_update", summary="Change a project's settings",
+                   tags=["projects"], parameters=[PROJECT_ID],
+                   request=s.ProjectUpdateSerializer(partial=True),
+                   responses={200: s.ProjectSerializer, **errors(400, 401, 403, 404)})
+    def patch(self, request, project_id):
+        if not isinstance(request.data, Mapping):
+            raise ApiError(400, "Send a JSON object with the settings to change.")
+        allowed = set(s.ProjectUpdateSerializer.Meta.fields)
+        if "kind" in request.data and request.data["kind"] != self.project.kind:
+            raise ApiError(400, "A project's kind is fixed once created.",
+                           [{"field": "kind", "message": "read-only"}])
+        unknown = sorted(set(request.data) - allowed - {"kind"})
+        if unknown:
+            raise ApiError(400, f"Not a setting you can change: {', '.join(unknown)}.",
+                           [{"field": f, "message": "unknown or read-only"} for f in unknown])
+        serializer = validated(s.ProjectUpdateSerializer, request.data, instance=self.project, partial=True)
+        with transaction.atomic():
+            project = Project.objects.select_for_update().get(pk=self.project.pk)
+            changed = {f: v for f, v in serializer.validated_data.items() if getattr(project, f) != v}
+            if changed:
+                before = {f: getattr(project, f) for f in changed}
+                after = dict(changed)
+                if "guidelines" in changed:
+                    before["guidelines_version"] = project.guidelines_version
+                    project.guidelines_version += 1
+                    after["guidelines_version"] = project.guidelines_version
+                for field, value in changed.items():
+                    setattr(project, field, value)
+                project.save()
+                AuditEvent.record(actor=request.user, verb="project.settings", obj=project, project=project,
+                                  before=before, after=after)
+        return Response(s.ProjectSerializer(project, context={"role": self.project_role}).data)
+
+
+class ProjectStatsView(ApiView):
+    """Progress, per-annotator counts and agreement, as on the dashboard."""
+
+    required_capability = VIEW
+
+    @extend_schema(operation_id="project_stats", summary="Project progress and agreement",
+                   tags=["projects"], parameters=[PROJECT_ID],
+                   responses={200: s.ProjectStatsSerializer, **errors(401, 403, 404)})
+    def get(self, request, project_id):
+        return Response(project_stats(self.project))
+
+
+# --- members ------------------------------------------------------------------
+
+
+def _lock_project(project: Project) -> None:
+    """Serialise membership changes of one project (the last-manager rule counts, then writes)."""
+    Project.objects.select_for_update().filter(pk=project.pk).values_list("pk", flat=True).first()
+
+
+def _is_last_manager(membership: Membership) -> bool:
+    if membership.role != Role.MANAGER:
+        return False
+    return not Membership.objects.filter(project_id=membership.project_id, role=Role.MANAGER).exclude(
+        pk=membership.pk).exists()
+
+
+LAST_MANAGER = "A project needs at least one manager."
+
+
+class MemberListView(ApiView):
+    """The project's members. Adding a user who is already a member changes their role."""
+
+    required_capability = MANAGE
+
+    @extend_schema(operation_id="members_list", summary="List members",
+                   tags=["members"], parameters=[PROJECT_ID],
+                   responses={200: s.MembershipSerializer(many=True), **errors(401, 403, 404)})
+    def get(self, request, project_id):
+        rows = Membership.objects.filter(project=self.project).select_related("user").order_by(
+            "role", "user__username")
+        return self.paginated(rows, s.MembershipSerializer)
+
+    @extend_schema(operation_id="members_add", summary="Add a member (or change their role)",
+                   tags=["members"], parameters=[PROJECT_ID],
+                   request=s.MemberAddSerializer,
+                   responses={201: s.MembershipSerializer, 200: s.MembershipSerializer,
+                              **errors(400, 401, 403, 404, 409)})
+    def post(self, request, project_id):
+        serializer = validated(s.MemberAddSerializer, request.data)
+        user, role = serializer.validated_data["username"], serializer.validated_data["role"]
+        with transaction.atomic():
+            _lock_project(self.project)
+            existing = Membership.objects.filter(project=self.project, user=user).first()
+            if existing is not None and role != Role.MANAGER and _is_last_manager(existing):
+                raise ApiError(409, LAST_MANAGER)
+            before = {"user": user.username, "role": existing.role} if existing else None
+            membership, created = Membership.objects.update_or_create(
+                project=self.project, user=user, defaults={"role": role})
+            AuditEvent.record(actor=request.user, verb="member.role", obj=membership, project=self.project,
+                              before=before, after={"user": user.username, "role": role})
+        return Response(s.MembershipSerializer(membership).data,
+                        status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+
+class MemberDetailView(ApiView):
+    """One membership: change the role or remove it. The last manager can be neither demoted nor removed."""
+
+    required_capability = MANAGE
+
+    def get_membership(self, membership_id) -> Membership:
+        membership = Membership.objects.filter(project=self.project, pk=membership_id).select_related("user").first()
+        if membership is None:
+            raise ApiError(404, "No such member in this project.")
+        return membership
+
+    @extend_schema(operation_id="member_retrieve", summary="Get a membership",
+                   tags=["members"], parameters=[PROJECT_ID],
+                   responses={200: s.MembershipSerializer, **errors(401, 403, 404)})
+    def get(self, request, project_id, membership_id):
+        return Response(s.MembershipSerializer(self.get_membership(membership_id)).data)
+
+    @extend_schema(operation_id="member_update", summary="Change a member's role",
+                   tags=["members"], parameters=[PROJECT_ID],
+                   request=s.MemberRoleSerializer,
+                   responses={200: s.MembershipSerializer, **errors(400, 401, 403, 404, 409)})
+    def patch(self, request, project_id, membership_id):
+        role = validated(s.MemberRoleSerializer, request.data).validated_data["role"]
+        with transaction.atomic():
+            _lock_project(self.project)
+            membership = self.get_membership(membership_id)
+            if membership.role != role:
+                if role != Role.MANAGER and _is_last_manager(membership):
+                    raise ApiError(409, LAST_MANAGER)
+                before = {"user": membership.user.username, "role": membership.role}
+                membership.role = role
+                membership.save(update_fields=["role"])
+                AuditEvent.record(actor=request.user, verb="member.role", obj=membership, project=self.project,
+                                  before=before, after={"user": membership.user.username, "role": role})
+        return Response(s.MembershipSerializer(membership).data)
+
+    @extend_schema(operation_id="member_remove", summary="Remove a member",
+                   tags=["members"], parameters=[PROJECT_ID],
+                   responses={204: None, **errors(401, 403, 404, 409)})
+    def delete(self, request, project_id, membership_id):
+        with transaction.atomic():
+            _lock_project(self.project)
+            membership = self.get_membership(membership_id)
+            if _is_last_manager(membership):
+                raise ApiError(409, LAST_MANAGER)
+            AuditEvent.record(actor=request.user, verb="member.removed", obj=membership, project=self.project,
+                              before={"user": membership.user.username, "role": membership.role})
+            membership.delete()
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+# --- items --------------------------------------------------------------------
+
+
+class ItemListView(ApiView):
+    """Items in import order, as thin rows (no payload)."""
+
+    required_capability = VIEW
+
+    @extend_schema(
+        operation_id="items_list", summary="List items", tags=["items"],
+        parameters=[
+            PROJECT_ID,
+            OpenApiParameter("state", OpenApiTypes.STR, enum=ITEM_STATES, description="Only items in this state."),
+            OpenApiParameter("external_id", OpenApiTypes.STR, description="Only the item(s) with this external id."),
+        ],
+        responses={200: s.ItemRowSerializer(many=True), **errors(400, 401, 403, 404)},
+    )
+    def get(self, request, project_id):
+        qs = Item.objects.live().filter(project=self.project)
+        state = request.query_params.get("state", "")
+        if state:
+            if state not in ITEM_STATES:
+                raise ApiError(400, f"Unknown state {state!r}; one of {', '.join(ITEM_STATES)}.",
+                               [{"field": "state", "message": "unknown state"}])
+            qs = qs.filter(state=state)
+        external_id = request.query_params.get("external_id")
+        if external_id is not None:
+            qs = qs.filter(external_id=external_id)
+        qs = qs.order_by("seq").only(*s.ItemRowSerializer.Meta.fields)
+        return self.paginated(qs, s.ItemRowSerializer)
+
+
+class ItemDetailView(ApiView):
+    """One item with its payload, latest prediction, final label, and the answers you may see."""
+
+    required_capability = VIEW
+
+    @extend_schema(operation_id="item_retrieve", summary="Get an item",
+                   tags=["items"], parameters=[PROJECT_ID],
+                   responses={200: s.ItemDetailSerializer, **errors(401, 403, 404)})
+    def get(self, request, project_id, item_id):
+        item = item_detail(self.get_item(item_id), request.user, self.project_caps, self.project)
+        return Response(s.ItemDetailSerializer(item).data)
+
+
+# --- queue and answers -----------------------------------------------------------
+
+
+class NextItemView(ApiView):
+    """Claim the next item (or get back the one you hold) with a lease; 204 when none is left for you."""
+
+    required_capability = ANNOTATE
+
+    @extend_schema(operation_id="queue_next", summary="Claim the next item",
+                   tags=["queue"], parameters=[PROJECT_ID], request=None,
+                   responses={200: s.ItemDetailSerializer,
+                              204: OpenApiResponse(description="Nothing left for you in this project."),
+                              **errors(401, 403, 404)})
+    def post(self, request, project_id):
+        item = queue.next_item(self.project, request.user)
+        if item is None:
+            return Response(status=status.HTTP_204_NO_CONTENT)
+        item = self.get_item(item.pk)
+        return Response(s.ItemDetailSerializer(item_detail(item, request.user, self.project_caps, self.project)).data)
+
+
+class AnswerView(ApiView):
+    """Save a draft (`draft: true`) or submit your answer to an item.
+
+    Submitting the same answer twice stores it once (200). Submitting a changed answer edits
+    yours (200, audited) unless a reviewer has adjudicated the item (409)."""
+
+    required_capability = ANNOTATE
+
+    @extend_schema(
+        operation_id="item_answer", summary="Save a draft or submit an answer",
+        tags=["queue"], parameters=[PROJECT_ID], request=s.AnswerWriteSerializer,
+        responses={201: OpenApiResponse(s.AnswerSerializer, description="Submitted."),
+                   200: OpenApiResponse(s.AnswerSerializer, description="Draft saved, or already submitted / edited."),
+                   **errors(400, 401, 403, 404, 409)},
+        examples=[OpenApiExample("Submit", request_only=True, value={
+            "data": {"steps": [{"step": 0, "verdict": "agree"}, {"step": 1, "verdict": "disagree",
+                                                                   "reason": "wanders"}], "notes": ""},
+            "time_spent_ms": 41000, "draft": False})],
+    )
+    def post(self, request, project_id, item_id):
+        item = self.get_item(item_id)
+        body = validated(s.AnswerWriteSerializer, request.data).validated_data
+        try:
+            if body["draft"]:
+                answer, created = save_draft(item, request.user, body["data"], body["time_spent_ms"]), False
+            else:
+                result = submit(item, request.user, body["data"], body["time_spent_ms"])
+                answer, created = result.answer, result.created
+        except AnswerError as exc:
+            raise answer_error(exc) from None
+        answer = Answer.objects.select_related("user", "reviewed_by").get(pk=answer.pk)
+        return Response(s.AnswerSerializer(answer).data,
+                        status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+
+class SkipView(ApiView):
+    """Give the item back to the queue (drops your lease; a draft stays yours)."""
+
+    required_capability = ANNOTATE
+
+    @extend_schema(operation_id="item_skip", summary="Skip an item",
+                   tags=["queue"], parameters=[PROJECT_ID], request=None,
+                   responses={204: None, **errors(401, 403, 404)})
+    def post(self, request, project_id, item_id):
+        queue.release(self.get_item(item_id, with_payload=False), request.user)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+# --- review -------------------------------------------------------------------
+
+
+class DisagreementListView(ApiView):
+    """Items whose answers disagree: ties waiting for a reviewer (state done) first, then the items
+    whose final label was settled by majority only (a reviewer may confirm or override them)."""
+
+    required_capability = REVIEW
+
+    @extend_schema(operation_id="disagreements_list", summary="List items with disagreeing answers",
+                   tags=["review"], parameters=[PROJECT_ID],
+                   responses={200: s.DisagreementRowSerializer(many=True), **errors(401, 403, 404)})
+    def get(self, request, project_id):
+        qs = Item.objects.live().filter(project=self.project)
+        if self.project.answers_per_item > 1:
+            qs = qs.filter(Q(state=Item.State.DONE) | Q(state=Item.State.FINAL, final__method=Final.Method.MAJORITY))
+        else:
+            qs = qs.none()
+        # ties (no final label yet) first, then the items settled by majority
+        qs = qs.select_related("final").alias(
+            settled=Case(When(state=Item.State.DONE, then=Value(0)), default=Value(1), output_field=IntegerField())
+        ).order_by("settled", "seq")
+        return self.paginated(qs, s.DisagreementRowSerializer)
+
+
+class AdjudicateView(ApiView):
+    """Decide the final label of every unit of an item; it wins over later answers."""
+
+    required_capability = REVIEW
+
+    @extend_schema(operation_id="item_adjudicate", summary="Decide an item's final label",
+                   tags=["review"], parameters=[PROJECT_ID],
+                   request=s.AdjudicateSerializer, responses={200: s.FinalSerializer, **errors(400, 401, 403, 404)})
+    def post(self, request, project_id, item_id):
+        item = self.get_item(item_id)
+        data = validated(s.AdjudicateSerializer, request.data).validated_data["data"]
+        try:
+            final = adjudicate(item, request.user, data)
+        except AnswerError as exc:
+            raise answer_error(exc) from None
+        final = Final.objects.select_related("decided_by").get(pk=final.pk)
+        return Response(s.FinalSerializer(final).data)
+
+
+class ReviewAnswerView(ApiView):
+    """Accept a submitted answer, or reject it (the item goes back to the queue for another answer)."""
+
+    required_capability = REVIEW
+
+    @extend_schema(operation_id="answer_review", summary="Accept or reject an answer",
+                   tags=["review"], parameters=[PROJECT_ID],
+                   request=s.ReviewDecisionSerializer,
+                   responses={200: s.AnswerSerializer, **errors(400, 401, 403, 404, 409)})
+    def post(self, request, project_id, answer_id):
+        body = validated(s.ReviewDecisionSerializer, request.data).validated_data
+        answer = Answer.objects.filter(pk=answer_id, item__project=self.project).exclude(
+            item__state=Item.State.STAGED).first()
+        if answer is None:
+            raise ApiError(404, "No such answer in this project.")
+        try:
+            answer = review_answer(answer, request.user, accept=body["decision"] == "accept",
+                                   comment=body["comment"])
+        except AnswerError as exc:
+            raise answer_error(exc) from None
+        answer = Answer.objects.select_related("user", "reviewed_by").get(pk=answer.pk)
+        return Response(s.AnswerSerializer(answer).data)
+
+
+# --- imports and exports ------------------------------------------------------
+
+
+class ImportListView(ApiView):
+    """Upload a file to import (it runs in the background), and list past imports."""
+
+    required_capability = MANAGE
+    parser_classes = [MultiPartParser, FormParser]
+
+    @extend_schema(operation_id="imports_list", summary="List imports",
+                   tags=["imports"], parameters=[PROJECT_ID],
+                   responses={200: s.ImportJobSerializer(many=True), **errors(401, 403, 404)})
+    def get(self, request, project_id):
+        jobs = ImportJob.objects.filter(project=self.project).select_related("created_by")
+        jobs = jobs.order_by("-created_at", "-pk")
+        return self.paginated(jobs, s.ImportJobSerializer)
+
+    @extend_schema(operation_id="imports_create", summary="Upload a file to import",
+                   tags=["imports"], parameters=[PROJECT_ID],
+                   request={"multipart/form-data": s.ImportUploadSerializer},
+                   responses={202: s.ImportJobDetailSerializer, **errors(400, 401, 403, 404)})
+    def post(self, request, project_id):
+        body = validated(s.ImportUploadSerializer, request.data).validated_data
+        upload = body["file"]
+        try:
+            job = importing.create_import_job(self.project, request.user, upload, upload.name, fmt=body["format"])
+        except importing.ImportRejected as exc:
+            raise ApiError(400, str(exc), [{"field": "file", "message": str(exc)}]) from None
+        return Response(s.ImportJobDetailSerializer(job).data, status=status.HTTP_202_ACCEPTED)
+
+
+class ImportDetailView(ApiView):
+    """One import: status, progress, counts and the problems found (line, field, message)."""
+
+    required_capability = MANAGE
+
+    @extend_schema(operation_id="import_retrieve", summary="Get an import's status",
+                   tags=["imports"], parameters=[PROJECT_ID],
+                   responses={200: s.ImportJobDetailSerializer, **errors(401, 403, 404)})
+    def get(self, request, project_id, job_id):
+        job = ImportJob.objects.filter(project=self.project, pk=job_id).select_related("created_by").first()
+        if job is None:
+            raise ApiError(404, "No such import in this project.")
+        return Response(s.ImportJobDetailSerializer(job).data)
+
+
+class ExportView(ApiView):
+    """Stream the project's labels as a file in one of the export formats."""
+
+    required_capability = MANAGE
+
+    def perform_content_negotiation(self, request, force=False):
+        # `format` names the export format here, not a DRF renderer; errors still render as JSON.
+        return super().perform_content_negotiation(request, force=True)
+
+    @extend_schema(
+        operation_id="project_export", summary="Export labels", tags=["exports"],
+        parameters=[
+            PROJECT_ID,
+            OpenApiParameter("format", OpenApiTypes.STR, default="jsonl",
+                             description="An export format: `jsonl` (one record per item) or one of the kind's "
+                                         "formats listed by /api/kinds/."),
+            OpenApiParameter("final_only", OpenApiTypes.BOOL, description="Only items with a final label."),
+            OpenApiParameter("since", OpenApiTypes.STR,
+                             description="Only answers submitted and final labels decided from this date "
+                                         "(YYYY-MM-DD, a whole UTC day) or ISO 8601 date-time on."),
+            OpenApiParameter("until", OpenApiTypes.STR,
+                             description="Only answers submitted and final labels decided up to this date "
+                                         "(included) or date-time."),
+            OpenApiParameter("annotator", OpenApiTypes.STR,
+                             description="Only items this user answered, and only their answers."),
+        ],
+        responses={(200, "application/octet-stream"): OpenApiResponse(
+            OpenApiTypes.BINARY, description="The file, streamed (JSONL or CSV by format)."),
+            **errors(400, 401, 403, 404)},
+    )
+    def get(self, request, project_id):
+        formats = exporting.available_formats(self.project)
+        fmt = request.query_params.get("format") or "jsonl"
+        if fmt not in formats:
+            raise ApiError(400, f"Unknown export format {fmt!r}; one of {', '.join(formats)}.",
+                           [{"field": "format", "message": "unknown format"}])
+        try:
+            filters = exporting.ExportFilters.from_params(request.query_params)
+        except ValueError as exc:
+            raise ApiError(400, str(exc)) from None
+        # the Django request: under ASGI the export then streams chunk by chunk
+        return exporting.export_response(self.project, fmt, filters, request=request._request)
+
+
+# --- audit and kinds ------------------------------------------------------------
+
+
+class AuditListView(ApiView):
+    """The project's audit log, newest first."""
+
+    required_capability = MANAGE
+
+    @extend_schema(operation_id="audit_list", summary="The audit log", tags=["projects"],
+                   parameters=[PROJECT_ID, OpenApiParameter("verb", OpenApiTypes.STR,
+                                                            description="Only events with this verb.")],
+                   responses={200: s.AuditEventSerializer(many=True), **errors(401, 403, 404)})
+    def get(self, request, project_id):
+        qs = AuditEvent.objects.filter(project=self.project).select_related("actor").order_by("-at", "-pk")
+        verb = request.query_params.get("verb")
+        if verb:
+            qs = qs.filter(verb=verb)
+        return self.paginated(qs, s.AuditEventSerializer)
+
+
+def kind_info(kind) -> dict:
+    return {
+        "name": kind.name,
+        "label": kind.label,
+        "import_formats": dict(kind.import_formats),
+        "export_formats": [
+            {"name": f.name, "label": f.label, "extension": f.extension, "content_type": f.content_type,
+             "description": f.description}
+            for f in kind.export_formats.values()
+        ],
+        "payload_schema": kind.payload_schema.model_json_schema(),
+        "feedback_schema": kind.feedback_schema.model_json_schema(),
+        "prediction_schema": kind.prediction_schema.model_json_schema(),
+    }
+
+
+class KindListView(ApiView):
+    """The registered kinds with the JSON Schemas of their payloads, answers and predictions."""
+
+    required_capability = None
+    pagination_class = None
+
+    @extend_schema(operation_id="kinds_list", summary="List kinds and their schemas",
+                   tags=["kinds"], responses={200: s.KindSerializer(many=True),
+                                                                          **errors(401)})
+    def get(self, request):
+        return Response([kind_info(k) for k in all_kinds()])
+
+
+class KindDetailView(ApiView):
+    """One kind with its JSON Schemas."""
+
+    required_capability = None
+    pagination_class = None
+
+    @extend_schema(operation_id="kind_retrieve", summary="Get a kind and its schemas",
+                   tags=["kinds"], responses={200: s.KindSerializer,
+                                                                             **errors(401, 404)})
+    def get(self, request, name):
+        try:
+            kind = get_kind(name)
+        except KindError:
+            raise ApiError(404, f"No kind called {name!r}.") from None
+        return Response(kind_info(kind))
+
