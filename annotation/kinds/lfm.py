@@ -232,23 +232,28 @@ class LFMTrajectoryKind(Kind):
         shown = shown_labels(payload, prediction)
         errors: list[LineError] = []
         by_step = {}
-        for i, sv in enumerate(fb.steps):
+        # Errors name the step number (steps.<step>.<field>), not the position in the posted list.
+        for sv in fb.steps:
             if sv.step >= n:
-                errors.append(LineError(0, f"steps.{i}.step", f"step {sv.step} does not exist (0..{n - 1})"))
+                errors.append(LineError(0, f"steps.{sv.step}.step", f"step {sv.step} does not exist (0..{n - 1})"))
                 continue
-            label = sv.label
+            label, was_shown = sv.label, shown[sv.step]
             if sv.verdict == "agree":
-                if shown[sv.step] is None:
+                if was_shown is None:
                     if label is None:
-                        errors.append(LineError(0, f"steps.{i}.verdict", "nothing to agree with: set label"))
+                        errors.append(LineError(0, f"steps.{sv.step}.verdict", "nothing to agree with: set label"))
+                elif label is not None and label != was_shown:
+                    errors.append(LineError(0, f"steps.{sv.step}.label", "agree contradicts the label given"))
                 else:
-                    label = shown[sv.step]
+                    label = was_shown
             elif sv.verdict == "disagree":
                 if label is None:
-                    if shown[sv.step] is None:
-                        errors.append(LineError(0, f"steps.{i}.label", "disagree needs the corrected label"))
+                    if was_shown is None:
+                        errors.append(LineError(0, f"steps.{sv.step}.label", "disagree needs the corrected label"))
                     else:
-                        label = not shown[sv.step]
+                        label = not was_shown
+                elif was_shown is not None and label == was_shown:
+                    errors.append(LineError(0, f"steps.{sv.step}.label", "disagree with the same label as shown"))
             elif sv.verdict == "unsure":
                 label = None
             by_step[sv.step] = {"step": sv.step, "verdict": sv.verdict, "label": label, "reason": sv.reason}

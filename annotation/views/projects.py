@@ -110,13 +110,22 @@ class MemberForm(forms.Form):
             raise forms.ValidationError(f"No user called {name!r}.") from None
 
 
+def _lock_managers(project):
+    """The project's manager memberships, locked until the transaction ends (no race to remove the last one)."""
+    return Membership.objects.select_for_update().filter(project=project, role=Role.MANAGER)
+
+
 @project_view(MANAGE)
 def members(request, project):
     form = MemberForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         user, role = form.cleaned_data["username"], form.cleaned_data["role"]
         with transaction.atomic():
+            managers = list(_lock_managers(project))
             existing = Membership.objects.filter(project=project, user=user).first()
+            if existing and existing.role == Role.MANAGER and role != Role.MANAGER and len(managers) == 1:
+                messages.error(request, "A project needs at least one manager.")
+                return redirect("project-members", project.pk)
             before = {"user": user.username, "role": existing.role} if existing else None
             m, _ = Membership.objects.update_or_create(project=project, user=user, defaults={"role": role})
             AuditEvent.record(actor=request.user, verb="member.role", obj=m, project=project, before=before,
@@ -130,12 +139,12 @@ def members(request, project):
 @require_POST
 @project_view(MANAGE)
 def member_remove(request, project, membership_id):
-    m = get_object_or_404(Membership, pk=membership_id, project=project)
-    managers = Membership.objects.filter(project=project, role=Role.MANAGER).count()
-    if m.role == Role.MANAGER and managers == 1:
-        messages.error(request, "A project needs at least one manager.")
-        return redirect("project-members", project.pk)
     with transaction.atomic():
+        managers = list(_lock_managers(project))
+        m = get_object_or_404(Membership, pk=membership_id, project=project)
+        if m.role == Role.MANAGER and len(managers) == 1:
+            messages.error(request, "A project needs at least one manager.")
+            return redirect("project-members", project.pk)
         AuditEvent.record(actor=request.user, verb="member.removed", obj=m, project=project,
                           before={"user": m.user.username, "role": m.role})
         m.delete()
