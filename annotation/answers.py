@@ -104,6 +104,12 @@ def submit(item: Item, user, data: dict, time_spent_ms=0) -> SubmitResult:
         if locked.answer_count >= project.answers_per_item:
             raise AnswerError("This item already has all the answers it needs; your draft is kept.", status=409)
         now = timezone.now()
+        active = locked.leases.filter(expires_at__gt=now)
+        if not active.filter(user=user).exists():
+            held_by_others = active.exclude(user=user).count()
+            if locked.answer_count + held_by_others >= project.answers_per_item:
+                raise AnswerError("Other reviewers hold every open place on this item; your draft is kept.",
+                                  status=409)
         if answer is None:
             answer = Answer(item=locked, user=user)
         answer.data = cleaned
@@ -168,6 +174,26 @@ def resolve_final(item: Item) -> Final | None:
         item.state = Item.State.FINAL
         item.save(update_fields=["state"])
     return final
+
+
+def reresolve_project(project) -> int:
+    """After the number of answers per item changed: reopen items that are now short of answers and
+    settle items that now have enough. Returns how many items were looked at."""
+    from django.db.models import Q
+
+    n = project.answers_per_item
+    affected = Item.objects.live().filter(project=project).filter(
+        Q(state=Item.State.OPEN, answer_count__gte=n)
+        | Q(state__in=[Item.State.DONE, Item.State.FINAL], answer_count__lt=n)
+    )
+    count = 0
+    for pk in affected.values_list("pk", flat=True).iterator(chunk_size=2000):
+        with transaction.atomic():
+            resolve_final(Item.objects.select_for_update().select_related("project").get(pk=pk))
+        count += 1
+    if count:
+        live.project_changed(project.pk)
+    return count
 
 
 def adjudicate(item: Item, reviewer, data: dict) -> Final:

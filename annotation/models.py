@@ -82,6 +82,9 @@ class ImportJob(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(
+        null=True, blank=True, help_text="Last sign of life of the worker running the import."
+    )
 
     class Meta:
         ordering = ["-created_at"]
@@ -156,6 +159,17 @@ class Lease(models.Model):
     class Meta:
         constraints = [models.UniqueConstraint(fields=["item", "user"], name="one_lease_per_user_item")]
         indexes = [models.Index(fields=["item", "expires_at"], name="lease_active_idx")]
+
+
+class Skip(models.Model):
+    """A reviewer passed on an item: it comes back to them only when nothing else is left."""
+
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="skips")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="skips")
+    at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["item", "user"], name="one_skip_per_user_item")]
 
 
 class Answer(models.Model):

@@ -39,7 +39,7 @@ def project_stats(project: Project) -> dict:
     agreement = project_agreement(project) if n > 1 else {"alpha": None, "percent": None, "items": 0}
     disagreements = items.filter(
         Q(state=Item.State.DONE) | Q(state=Item.State.FINAL, final__method=Final.Method.MAJORITY)
-    ).count() if n > 1 else 0
+    ).count()
     return {
         "items": total,
         "steps": counts["steps"] or 0,

@@ -5,6 +5,7 @@ import asyncio
 import pytest
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
+from django.db import connections
 from django.test import override_settings
 
 from annotation import answers, live
@@ -38,6 +39,7 @@ def test_submit_pushes_new_stats_to_the_dashboard():
         assert 'id="stat-answers">1<' in pushed
         assert annotator.username in pushed
         await comm.disconnect()
+        await sync_to_async(connections.close_all)()
 
     asyncio.run(scenario())
 
@@ -58,6 +60,7 @@ def test_a_member_removed_while_connected_stops_receiving():
         out = await comm.receive_output(timeout=5)
         assert out["type"] == "websocket.close"
         assert out.get("code") == 4403
+        await sync_to_async(connections.close_all)()
 
     asyncio.run(scenario())
 

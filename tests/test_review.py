@@ -361,6 +361,11 @@ def test_submit_when_the_item_is_full_keeps_the_draft(ann_client, project, annot
     item = claim(ann_client, project)
     answers.save_draft(item, annotator, {"steps": [{"step": 0, "verdict": "agree"}]})
     other = add_member(project, Role.ANNOTATOR)
+    # While the annotator's lease runs, nobody else may take the item's only place...
+    with pytest.raises(answers.AnswerError, match="hold every open place"):
+        answers.submit(item, other, full_answer(item))
+    # ...once it has expired, the place is free again and someone else fills it.
+    Lease.objects.filter(item=item, user=annotator).update(expires_at=timezone.now() - timedelta(seconds=1))
     answers.submit(item, other, full_answer(item))
     r = ann_client.post(url("review-submit", project, item), form_for(item, {i: "agree" for i in range(3)}))
     assert r.status_code == 409

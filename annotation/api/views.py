@@ -24,7 +24,15 @@ from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 
 from .. import exporting, importing, queue
-from ..answers import AnswerError, adjudicate, latest_prediction, review_answer, save_draft, submit
+from ..answers import (
+    AnswerError,
+    adjudicate,
+    latest_prediction,
+    reresolve_project,
+    review_answer,
+    save_draft,
+    submit,
+)
 from ..kinds import KindError, all_kinds, get_kind
 from ..models import Answer, AuditEvent, Final, ImportJob, Item, Lease, Membership, Project, Role
 from ..permissions import ANNOTATE, MANAGE, REVIEW, VIEW, visible_projects
@@ -255,6 +263,8 @@ class ProjectDetailView(ApiView):
                 project.save()
                 AuditEvent.record(actor=request.user, verb="project.settings", obj=project, project=project,
                                   before=before, after=after)
+        if "answers_per_item" in changed:
+            reresolve_project(project)
         return Response(s.ProjectSerializer(project, context={"role": self.project_role}).data)
 
 
@@ -484,7 +494,7 @@ class SkipView(ApiView):
                    tags=["queue"], parameters=[PROJECT_ID], request=None,
                    responses={204: None, **errors(401, 403, 404)})
     def post(self, request, project_id, item_id):
-        queue.release(self.get_item(item_id, with_payload=False), request.user)
+        queue.skip(self.get_item(item_id, with_payload=False), request.user)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -502,10 +512,8 @@ class DisagreementListView(ApiView):
                    responses={200: s.DisagreementRowSerializer(many=True), **errors(401, 403, 404)})
     def get(self, request, project_id):
         qs = Item.objects.live().filter(project=self.project)
-        if self.project.answers_per_item > 1:
-            qs = qs.filter(Q(state=Item.State.DONE) | Q(state=Item.State.FINAL, final__method=Final.Method.MAJORITY))
-        else:
-            qs = qs.none()
+        # With one answer per item only ties can occur (a step left "unsure"); the same rule covers both.
+        qs = qs.filter(Q(state=Item.State.DONE) | Q(state=Item.State.FINAL, final__method=Final.Method.MAJORITY))
         # ties (no final label yet) first, then the items settled by majority
         qs = qs.select_related("final").alias(
             settled=Case(When(state=Item.State.DONE, then=Value(0)), default=Value(1), output_field=IntegerField())

@@ -11,7 +11,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import path
 from django.views.decorators.http import require_POST
 
-from ..answers import latest_prediction
+from ..answers import latest_prediction, reresolve_project
 from ..kinds import kind_choices
 from ..models import AuditEvent, Item, Membership, Project, Role
 from ..permissions import MANAGE, REVIEW, VIEW, project_view, visible_projects
@@ -90,6 +90,8 @@ def project_settings(request, project):
             if "guidelines" in form.changed_data:
                 project.guidelines_version += 1
             form.save()
+            if "answers_per_item" in form.changed_data:
+                reresolve_project(project)
             if form.changed_data:
                 AuditEvent.record(actor=request.user, verb="project.settings", obj=project, project=project,
                                   before=before, after={f: getattr(project, f) for f in form.changed_data})

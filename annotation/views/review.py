@@ -15,7 +15,6 @@ review-skip   POST  give the item back to the queue, then the next item
 import re
 
 from django.contrib import messages
-from django.db import connection, transaction
 from django.http import JsonResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.urls import path, reverse
@@ -27,13 +26,11 @@ from django_htmx.http import HttpResponseClientRedirect
 from .. import queue
 from ..answers import AnswerError, latest_prediction, save_draft, submit
 from ..kinds.lfm import shown_labels
-from ..models import Answer, Item, Lease
+from ..models import Answer, Item
 from ..permissions import ANNOTATE, project_view
 from .projects import page
 
 LABEL_VALUES = {"yes": True, "true": True, "1": True, "no": False, "false": False, "0": False}
-SKIPPED_KEY = "review_skipped"
-MAX_SKIPPED = 500
 _STEP_FIELD = re.compile(r"^steps\.(\d+)(?:\.|$)")
 
 
@@ -187,37 +184,6 @@ def _lost(request, project):
     return _to_next(request, project)
 
 
-# --- skipped items (per session) --------------------------------------------------
-
-
-def _skipped(request, project) -> list[int]:
-    return list(request.session.get(SKIPPED_KEY, {}).get(str(project.pk), []))
-
-
-def _set_skipped(request, project, ids: list[int]) -> None:
-    store = dict(request.session.get(SKIPPED_KEY, {}))
-    if ids:
-        store[str(project.pk)] = ids[-MAX_SKIPPED:]
-    else:
-        store.pop(str(project.pk), None)
-    request.session[SKIPPED_KEY] = store
-
-
-def _claim_other(project, user, exclude: list[int]) -> Item | None:
-    """Claim the best claimable item outside `exclude` (the queue's own rule, minus skipped items)."""
-    now = timezone.now()
-    with transaction.atomic():
-        qs = queue.claimable(project, user, now).exclude(pk__in=exclude)
-        if connection.features.has_select_for_update_skip_locked:
-            qs = qs.select_for_update(skip_locked=True, of=("self",))
-        item = qs.first()
-        if item is not None:
-            Lease.objects.update_or_create(
-                item=item, user=user, defaults={"created_at": now, "expires_at": now + queue.lease_length(project)}
-            )
-    return item
-
-
 # --- views ------------------------------------------------------------------------
 
 
@@ -225,15 +191,6 @@ def _claim_other(project, user, exclude: list[int]) -> Item | None:
 @project_view(ANNOTATE)
 def review_next(request, project):
     item = queue.next_item(project, request.user)
-    skipped = _skipped(request, project)
-    if item is not None and item.pk in skipped:
-        other = _claim_other(project, request.user, skipped)
-        if other is not None:
-            queue.release(item, request.user)
-            item = other
-        else:
-            _set_skipped(request, project, [])
-            messages.info(request, "Only items you skipped are left; here they come again.")
     if item is None:
         done = Answer.objects.filter(item__project=project, user=request.user, status=Answer.Status.SUBMITTED).count()
         return page(request, "annotation/review_empty.html", project, done=done)
@@ -357,10 +314,8 @@ def review_submit(request, project, item_id):
 @project_view(ANNOTATE)
 def review_skip(request, project, item_id):
     item = _item(project, item_id)
-    queue.release(item, request.user)
-    skipped = [pk for pk in _skipped(request, project) if pk != item.pk] + [item.pk]
-    _set_skipped(request, project, skipped)
-    messages.info(request, f"Skipped {item.external_id or f'item {item.pk}'}.")
+    queue.skip(item, request.user)
+    messages.info(request, f"Skipped {item.external_id or f'item {item.pk}'}; it comes back when nothing else is left.")
     return _to_next(request, project)
 
 

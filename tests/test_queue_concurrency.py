@@ -1,0 +1,125 @@
+"""Many reviewers draining the queue at once: never more than N answers on an item, every item gets N.
+
+Each thread has its own database connection (Django's connections are per
+thread) and loops next_item + submit until the queue has nothing left for it.
+PostgreSQL is the production case (SELECT ... FOR UPDATE SKIP LOCKED); the same
+test runs on SQLite, where IMMEDIATE transactions and a busy timeout serialise
+writers.
+"""
+
+import threading
+import traceback
+from collections import Counter
+
+import pytest
+from django.db import connection, connections
+
+from annotation import answers, queue
+from annotation.answers import AnswerError
+from annotation.models import Answer, Item, Lease, Role
+
+from .factories import add_member, full_answer, make_items, make_project
+
+N = 2
+ITEMS = 30
+
+
+def on_postgres():
+    return connection.vendor == "postgresql"
+
+
+def run_workers(project, users_per_thread, *, rounds_limit=200):
+    """Start one thread per entry of `users_per_thread`; each drains the queue as that user."""
+    start = threading.Barrier(len(users_per_thread))
+    errors, conflicts = [], []
+    submitted = Counter()
+
+    def work(user):
+        try:
+            start.wait(timeout=30)
+            for _ in range(rounds_limit):
+                item = queue.next_item(project, user)
+                if item is None:
+                    return
+                try:
+                    result = answers.submit(item, user, full_answer(item))
+                except AnswerError as exc:
+                    conflicts.append((user.username, item.pk, exc.status, exc.message))
+                    continue
+                if result.created:
+                    submitted[user.username] += 1
+            errors.append(f"{user.username}: still getting items after {rounds_limit} rounds")
+        except BaseException:  # noqa: BLE001 - reported by the main thread
+            errors.append(f"{user.username}:\n{traceback.format_exc()}")
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=work, args=(u,), name=f"worker-{i}") for i, u in enumerate(users_per_thread)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=240)
+    assert not any(t.is_alive() for t in threads), "a worker thread hung"
+    return errors, conflicts, submitted
+
+
+def check_invariants(project, errors, conflicts, submitted):
+    assert not errors, "exceptions in worker threads:\n" + "\n".join(errors)
+    # Nobody was handed an item and then told it was full.
+    assert not conflicts, f"workers were handed items that were already full: {conflicts}"
+    items = list(Item.objects.filter(project=project))
+    real = Counter(
+        Answer.objects.filter(item__project=project, status=Answer.Status.SUBMITTED).values_list("item_id", flat=True)
+    )
+    for item in items:
+        assert real[item.pk] <= N, f"item {item.pk} has {real[item.pk]} answers"
+        assert item.answer_count == real[item.pk], f"item {item.pk}: answer_count {item.answer_count}"
+        assert real[item.pk] == N, f"item {item.pk} got {real[item.pk]} answers, not {N}"
+        assert item.state in (Item.State.FINAL, Item.State.DONE)
+    per_user_item = Counter(Answer.objects.filter(item__project=project).values_list("item_id", "user_id"))
+    assert max(per_user_item.values()) == 1
+    assert sum(submitted.values()) == N * len(items)
+    # Every lease was consumed by a submit.
+    assert not Lease.objects.filter(item__project=project).exists()
+
+
+def setup_project(n_users):
+    project = make_project(answers_per_item=N, name="Load")
+    users = [add_member(project, Role.ANNOTATOR) for _ in range(n_users)]
+    make_items(project, count=ITEMS, n_steps=2)
+    return project, users
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_ten_reviewers_drain_the_queue_on_postgres():
+    if not on_postgres():
+        pytest.skip("needs PostgreSQL (set DATABASE_URL)")
+    project, users = setup_project(10)
+    check_invariants(project, *run_workers(project, users))
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_one_user_in_two_tabs_among_others_on_postgres():
+    if not on_postgres():
+        pytest.skip("needs PostgreSQL (set DATABASE_URL)")
+    project, users = setup_project(8)
+    # users[0] works in two threads at once (two browser tabs, or a script and a tab).
+    check_invariants(project, *run_workers(project, [users[0], *users]))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_ten_reviewers_drain_the_queue_on_sqlite():
+    if connection.vendor != "sqlite":
+        pytest.skip("the SQLite variant")
+    project, users = setup_project(10)
+    check_invariants(project, *run_workers(project, users))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_one_user_in_two_tabs_among_others_on_sqlite():
+    if connection.vendor != "sqlite":
+        pytest.skip("the SQLite variant")
+    project, users = setup_project(8)
+    check_invariants(project, *run_workers(project, [users[0], *users]))
