@@ -1,5 +1,6 @@
-from django.contrib import admin
+from django.contrib import admin, messages
 
+from .exporting import ExportFilters, export_response
 from .models import Answer, AuditEvent, Final, ImportJob, Item, Membership, Project
 
 
@@ -14,6 +15,19 @@ class ProjectAdmin(admin.ModelAdmin):
     list_display = ["name", "kind", "answers_per_item", "created_at"]
     search_fields = ["name"]
     inlines = [MembershipInline]
+    actions = ["export_jsonl"]
+
+    @admin.action(description="Export selected project as JSONL", permissions=["change"])
+    def export_jsonl(self, request, queryset):
+        """Stream the full-record JSONL of one project."""
+        projects = list(queryset[:2])
+        if len(projects) != 1:
+            self.message_user(request, "Select exactly one project to export.", level=messages.WARNING)
+            return None
+        project = projects[0]
+        AuditEvent.record(actor=request.user, verb="export.downloaded", obj=project, project=project,
+                          after={"format": "jsonl", "via": "admin"})
+        return export_response(project, "jsonl", ExportFilters(), request=request)
 
 
 @admin.register(Item)

@@ -14,7 +14,7 @@ from django.core.management.base import BaseCommand
 from django.db import transaction
 
 from annotation.demo import trajectories
-from annotation.importing import create_import_job, run_import
+from annotation.importing import import_path
 from annotation.models import ImportJob, Membership, Project, Role
 
 DEMO_NAME = "Demo: ALFWorld-style trajectories"
@@ -63,10 +63,7 @@ class Command(BaseCommand):
             with path.open("wb") as f:
                 for t in trajectories(items):
                     f.write(orjson.dumps(t) + b"\n")
-            with path.open("rb") as f:
-                job = create_import_job(project, admin, f, path.name, enqueue=False)
-            run_import(job.pk)
-            job.refresh_from_db()
+            job = import_path(project, admin, path)
             if job.status != ImportJob.Status.SUCCEEDED:
                 self.stderr.write(f"demo import failed: {job.errors}")
                 raise SystemExit(1)
