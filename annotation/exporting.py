@@ -35,7 +35,9 @@ from .kinds.base import ExportFormat
 from .models import Answer, Final, Item, ItemPayload, Prediction, Project
 
 EXPORT_CHUNK = 2000
-EXPORT_PREFETCH = True  # fetch the next chunk on a second connection while this one is written
+# Fetch the next chunk on a second connection while this one is written: None = on PostgreSQL only (the
+# server works in its own process; measured 1.8x faster there), True = wherever it is safe, False = never.
+EXPORT_PREFETCH: bool | None = None
 OUTPUT_CHUNK_BYTES = 64 * 1024
 EXPORTED_ANSWER_STATUSES = [Answer.Status.SUBMITTED, Answer.Status.REJECTED]
 
@@ -358,8 +360,11 @@ def _chunks(project: Project, filters: ExportFilters) -> Iterator[list[dict]]:
 
 def _can_prefetch() -> bool:
     """A second connection sees what this one sees only outside a transaction (tests wrap each test in
-    one; so can callers) and not for an in-memory SQLite database."""
-    if not EXPORT_PREFETCH or connection.in_atomic_block:
+    one; so can callers) and not for an in-memory SQLite database. SQLite works inside this process, so
+    it gains little from a second thread: by default only PostgreSQL prefetches."""
+    if EXPORT_PREFETCH is False or connection.in_atomic_block:
+        return False
+    if EXPORT_PREFETCH is None and connection.vendor != "postgresql":
         return False
     name = str(connection.settings_dict.get("NAME") or "")
     return not (connection.vendor == "sqlite" and (":memory:" in name or "mode=memory" in name))

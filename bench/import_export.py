@@ -14,7 +14,8 @@ Phases: generate (stream the JSONL file), import (run_import), import more (a se
 smaller file into the now-large project: the rate must not drop as the project grows),
 seed (bench setup, not a product path: one answer and a final label on half the items,
 written with bulk_create), then each export format streamed into a byte-counting sink, and
-the full-record export once more without the prefetch of the next chunk (for comparison).
+the full-record export once more with the other prefetch setting (the default prefetches the
+next chunk on PostgreSQL only), for comparison.
 
 Without DATABASE_URL the database is SQLite under a fresh DATA_DIR in /tmp. With
 DATABASE_URL, --reset empties that database first (never point it at real data).
@@ -238,10 +239,10 @@ def phase_export(args) -> dict:
     from annotation.exporting import ExportFilters, available_formats, is_csv, stream_export
     from annotation.models import Item, Project
 
-    if args.no_prefetch:
+    if args.no_prefetch or args.prefetch:
         from annotation import exporting
 
-        exporting.EXPORT_PREFETCH = False
+        exporting.EXPORT_PREFETCH = bool(args.prefetch)
     project = Project.objects.get(pk=args.project)
     filters = ExportFilters(final_only=args.final_only)
     items_q = Item.objects.live().filter(project=project)
@@ -322,8 +323,9 @@ def driver(args):
             results.append((f"export {fmt}", run_child(env, "export", "--project", project, "--format", fmt)))
         results.append(("export jsonl --final-only",
                         run_child(env, "export", "--project", project, "--format", "jsonl", "--final-only")))
-        results.append(("export jsonl, no prefetch",
-                        run_child(env, "export", "--project", project, "--format", "jsonl", "--no-prefetch")))
+        flag = "--no-prefetch" if env.get("DATABASE_URL") else "--prefetch"
+        results.append((f"export jsonl, {flag[2:]}",
+                        run_child(env, "export", "--project", project, "--format", "jsonl", flag)))
     finally:
         if not args.keep:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -354,6 +356,7 @@ def main():
     parser.add_argument("--format", help=argparse.SUPPRESS)
     parser.add_argument("--final-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--no-prefetch", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--prefetch", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--offset", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -1,6 +1,5 @@
 """Import a file of items into a project, here and now (no worker needed)."""
 
-import sys
 import time
 
 from django.contrib.auth import get_user_model
@@ -67,4 +66,3 @@ class Command(BaseCommand):
             f"Import {job.pk}: {job.items_imported} items, {job.steps_imported} steps from {job.filename} "
             f"({human_bytes(job.size_bytes)}) in {seconds:.1f} s ({rate:.0f} items/s)."
         )
-        sys.stdout.flush()
