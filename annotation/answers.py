@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from django.db import transaction
 from django.utils import timezone
 
-from . import live, queue
+from . import live, queue, training
 from .agreement import resolve_unit
 from .kinds.base import ImportLineError
 from .models import Answer, AuditEvent, Final, Item, Prediction
@@ -135,6 +135,7 @@ def submit(item: Item, user, data: dict, time_spent_ms=0) -> SubmitResult:
 def resolve_final(item: Item) -> Final | None:
     """Apply the final-label rule to a locked item and set its state. Call inside a transaction."""
     project = item.project
+    training.labels_changed(project.pk)  # after commit: queue a training run when enough new labels came in
     if item.answer_count < project.answers_per_item:
         Final.objects.filter(item=item).exclude(method=Final.Method.ADJUDICATED).delete()
         new_state = Item.State.FINAL if Final.objects.filter(item=item).exists() else Item.State.OPEN
@@ -218,6 +219,7 @@ def adjudicate(item: Item, reviewer, data: dict) -> Final:
         )
         locked.state = Item.State.FINAL
         locked.save(update_fields=["state"])
+        training.labels_changed(locked.project_id)
         AuditEvent.record(actor=reviewer, verb="item.adjudicated", obj=final, project=locked.project,
                           before=before, after={"data": final_data, "method": "adjudicated"})
     live.project_changed(item.project_id)

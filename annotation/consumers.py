@@ -3,7 +3,7 @@
 The browser opens ws/projects/<id>/live/. The consumer checks the user's
 membership (close code 4403 otherwise), joins the project's group, and on every
 "project.changed" event sends the re-rendered stats fragment, which the page
-swaps in place.
+swaps in place. ModelsLiveConsumer does the same for the Models page (managers only).
 """
 
 import asyncio
@@ -15,7 +15,7 @@ from django.template.loader import render_to_string
 
 from .live import group_name
 from .models import Project
-from .permissions import VIEW, can, capabilities
+from .permissions import MANAGE, VIEW, can, capabilities
 from .stats import project_stats
 
 
@@ -77,3 +77,40 @@ class ProjectLiveConsumer(AsyncWebsocketConsumer):
             await self.send(text_data=html)
         finally:
             self._pending = False
+
+
+class ModelsLiveConsumer(ProjectLiveConsumer):
+    """ws/projects/<id>/models/live/: the live part of the Models page, for managers.
+
+    Training workers publish "models.changed" to the project's models group (annotation.training.publish)
+    at most once a second; each push re-checks the MANAGE capability with fresh membership."""
+
+    min_interval = 0.5
+
+    async def connect(self):
+        self.project_id = self.scope["url_route"]["kwargs"]["project_id"]
+        if not await database_sync_to_async(self._allowed)(self.scope.get("user")):
+            await self.close(code=4403)
+            return
+        from .training import models_group
+
+        self.group = models_group(self.project_id)
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.accept()
+        await self.send(text_data=await database_sync_to_async(self._render)())
+
+    def _allowed(self, user) -> bool:
+        return bool(user and user.is_authenticated and can(user, self.project_id, MANAGE, fresh=True))
+
+    def _render(self) -> str:
+        from .views.models import models_context
+
+        project = Project.objects.get(pk=self.project_id)
+        user = self.scope["user"]
+        return render_to_string(
+            "annotation/_models_live.html",
+            {"project": project, "project_caps": capabilities(user, project), **models_context(project)},
+        )
+
+    async def models_changed(self, event):
+        await self.project_changed(event)

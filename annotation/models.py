@@ -29,6 +29,25 @@ class Project(models.Model):
     lease_minutes = models.PositiveIntegerField(
         default=30, help_text="How long a reviewer holds an item before it returns to the queue."
     )
+    # The model loop: when to retrain, how to weigh weak labels, when a new version replaces the old one.
+    retrain_every = models.PositiveIntegerField(
+        default=200, help_text="Start a training run after this many new final step labels (0: only by hand)."
+    )
+    llm_label_weight = models.FloatField(
+        default=0.3, help_text="Weight of imported LLM labels in training, relative to human final labels (0 to 1)."
+    )
+    heldout_percent = models.PositiveSmallIntegerField(
+        default=20, help_text="Share of items whose human labels are kept for evaluation and never trained on."
+    )
+    auto_promote = models.BooleanField(
+        default=True, help_text="Promote a new model version by itself when it beats the current one."
+    )
+    promote_margin = models.FloatField(
+        default=0.0, help_text="How much higher the held-out F1 must be for automatic promotion."
+    )
+    base_model = models.CharField(
+        max_length=500, blank=True, help_text="Local Hugging Face model folder to fine-tune (empty: the default)."
+    )
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     created_at = models.DateTimeField(auto_now_add=True)
     members = models.ManyToManyField(settings.AUTH_USER_MODEL, through="Membership", related_name="projects")
@@ -239,6 +258,77 @@ class AuditEvent(models.Model):
             before=before,
             after=after,
         )
+
+
+class TrainingRun(models.Model):
+    """One training job. The app owns its lifecycle (the task queue has no heartbeat): a worker
+    claims it, beats while it trains, and a run whose heartbeat stops is retried once or failed."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+
+    ACTIVE = (Status.QUEUED, Status.RUNNING)
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="training_runs")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    reason = models.CharField(max_length=200, blank=True)
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    attempt = models.PositiveSmallIntegerField(default=1)
+    max_attempts = models.PositiveSmallIntegerField(default=2)
+    worker_id = models.CharField(max_length=200, blank=True)
+    device = models.CharField(max_length=50, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    cancel_requested = models.BooleanField(default=False)
+    progress = models.JSONField(default=dict, blank=True, help_text="{epoch, epochs, step, total_steps, loss}")
+    losses = models.JSONField(default=list, blank=True, help_text="[[step, loss], ...] for the loss curve")
+    labels_seen = models.PositiveIntegerField(default=0, help_text="Final step labels when the run was queued.")
+    error = models.TextField(blank=True)
+    model_version = models.ForeignKey("ModelVersion", null=True, blank=True, on_delete=models.SET_NULL,
+                                      related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            # Debounce at the database: at most one queued run per project.
+            models.UniqueConstraint(fields=["project"], condition=Q(status="queued"), name="one_queued_run_per_project"),
+        ]
+
+
+class ModelVersion(models.Model):
+    """A trained model: artifacts on disk (content-addressed), lineage and held-out metrics."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="model_versions")
+    version = models.CharField(max_length=100, help_text="Content hash of the artifacts (or a name for imports).")
+    path = models.CharField(max_length=500, blank=True)
+    base_model = models.CharField(max_length=500, blank=True)
+    hyperparameters = models.JSONField(default=dict, blank=True)
+    seed = models.IntegerField(null=True, blank=True)
+    dataset_hash = models.CharField(max_length=64, blank=True)
+    feedback_ids = models.JSONField(default=list, blank=True, help_text="[[item_id, step], ...] trained on")
+    metrics = models.JSONField(default=dict, blank=True, help_text="On the held-out human labels.")
+    baseline_metrics = models.JSONField(default=dict, blank=True,
+                                        help_text="The then-promoted version on the same held-out set.")
+    training_run = models.ForeignKey(TrainingRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    is_promoted = models.BooleanField(default=False)
+    promoted_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "version"], name="one_version_name_per_project"),
+            models.UniqueConstraint(fields=["project"], condition=Q(is_promoted=True), name="one_promoted_version"),
+        ]
+
+    def __str__(self):
+        return self.version
 
 
 SUBMITTED = Q(status=Answer.Status.SUBMITTED)

@@ -1,6 +1,6 @@
 """Page URLs. Each view module keeps its own `urlpatterns`; they are joined here."""
 
-from .views import adjudication, exports, imports, projects, review
+from .views import adjudication, exports, imports, models, projects, review
 
 urlpatterns = [
     *projects.urlpatterns,
@@ -8,4 +8,5 @@ urlpatterns = [
     *adjudication.urlpatterns,
     *imports.urlpatterns,
     *exports.urlpatterns,
+    *models.urlpatterns,
 ]

@@ -114,6 +114,9 @@ else:
             "TEST": {"NAME": str(DATA_DIR / f"test_feedback{os.environ.get('TEST_DB_SUFFIX', '')}.sqlite3")},
         }
     }
+# A process started by a test (a worker) must use the test database that the test runner made.
+if os.environ.get("DATABASE_NAME_OVERRIDE"):
+    DATABASES["default"]["NAME"] = os.environ["DATABASE_NAME_OVERRIDE"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Live updates: Redis when REDIS_URL is set, otherwise the in-memory layer (one process).

@@ -27,7 +27,7 @@ from django.urls import URLPattern, URLResolver, get_resolver, resolve, reverse
 from django.urls.resolvers import RegexPattern, RoutePattern
 
 from annotation import answers
-from annotation.models import Answer, ImportJob, Item, Membership, Role
+from annotation.models import Answer, ImportJob, Item, Membership, ModelVersion, Role, TrainingRun
 from annotation.permissions import CAPABILITIES
 from feedback_app.asgi import application
 
@@ -150,6 +150,8 @@ def world(db):
     assert disputed.state == Item.State.DONE  # in the disagreement queue
     job = ImportJob.objects.create(project=project, created_by=users[Role.MANAGER], filename="m.jsonl",
                                    path="imports/m.jsonl", status=ImportJob.Status.SUCCEEDED)
+    run = TrainingRun.objects.create(project=project, status=TrainingRun.Status.SUCCEEDED)
+    version = ModelVersion.objects.create(project=project, version="matrix-version")
     params = {
         "project_id": project.pk,
         "item_id": disputed.pk,
@@ -158,6 +160,8 @@ def world(db):
         "job_id": job.pk,
         "import_id": job.pk,
         "import_job_id": job.pk,
+        "run_id": run.pk,
+        "version_id": version.pk,
     }
     return {"project": project, "users": users, "params": params}
 

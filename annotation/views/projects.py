@@ -36,7 +36,9 @@ def project_list(request):
 class ProjectForm(forms.ModelForm):
     class Meta:
         model = Project
-        fields = ["name", "kind", "description", "guidelines", "answers_per_item", "lease_minutes"]
+        fields = ["name", "kind", "description", "guidelines", "answers_per_item", "lease_minutes",
+                  "retrain_every", "llm_label_weight", "heldout_percent", "auto_promote", "promote_margin",
+                  "base_model"]
         widgets = {"kind": forms.Select(choices=kind_choices())}
 
     def clean_answers_per_item(self):
@@ -50,6 +52,44 @@ class ProjectForm(forms.ModelForm):
         if not 1 <= n <= 24 * 60:
             raise forms.ValidationError("Between 1 minute and 24 hours.")
         return n
+
+    def clean_retrain_every(self):
+        n = self.cleaned_data["retrain_every"]
+        if not 0 <= n <= 1_000_000:
+            raise forms.ValidationError("Between 0 (only by hand) and 1,000,000 labels.")
+        return n
+
+    def clean_llm_label_weight(self):
+        w = self.cleaned_data["llm_label_weight"]
+        if not 0.0 <= w <= 1.0:
+            raise forms.ValidationError("Between 0 (LLM labels unused) and 1 (as much as a person's).")
+        return w
+
+    def clean_heldout_percent(self):
+        n = self.cleaned_data["heldout_percent"]
+        if not 0 <= n <= 90:
+            raise forms.ValidationError("Between 0 and 90 percent.")
+        return n
+
+    def clean_promote_margin(self):
+        m = self.cleaned_data["promote_margin"]
+        if not -1.0 <= m <= 1.0:
+            raise forms.ValidationError("Between -1 and 1 (F1 points as a fraction).")
+        return m
+
+    def clean_base_model(self):
+        """A local model folder (never a hub name: nothing is downloaded). It may live only on the
+        GPU workers' machines; when it exists here it must be a model folder."""
+        import os
+
+        value = self.cleaned_data["base_model"].strip()
+        if not value:
+            return ""
+        if not os.path.isabs(value):
+            raise forms.ValidationError("An absolute path to a local model folder (models are never downloaded).")
+        if os.path.exists(value) and not os.path.isfile(os.path.join(value, "config.json")):
+            raise forms.ValidationError("That folder holds no config.json: not a Hugging Face model folder.")
+        return value
 
 
 @login_required

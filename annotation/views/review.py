@@ -12,6 +12,7 @@ review-submit POST  store the answer, then the next item (HX-Redirect for htmx, 
 review-skip   POST  give the item back to the queue, then the next item
 """
 
+import math
 import re
 
 from django.contrib import messages
@@ -19,6 +20,7 @@ from django.http import JsonResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.urls import path, reverse
 from django.utils import timezone
+from django.utils.html import escape
 from django.utils.safestring import SafeString
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseClientRedirect
@@ -83,6 +85,52 @@ def _effective(verdict, label, shown) -> str:
     return _yes_no(label) if isinstance(label, bool) else ""
 
 
+# Attributions: the words of the step the model read (before, action, after), each in a class by the
+# sign and size of its weight (5 levels); the word itself is escaped, so nothing from the data reaches
+# an attribute, a style or a script.
+ATTR_SECTIONS = {"Before:": "before", "Action:": "action", "After:": "after"}
+ATTR_MARKERS = {"Task:", "Earlier:", "Before:", "Action:", "After:", "Question:", "Answer:"}
+ATTR_LEVELS = 5
+
+
+def attribution_class(weight) -> str:
+    try:
+        w = float(weight)
+    except (TypeError, ValueError):
+        return ""
+    if not math.isfinite(w):
+        return ""
+    level = min(ATTR_LEVELS, int(abs(w) * ATTR_LEVELS + 0.5))
+    if level == 0:
+        return ""
+    return f"attr-{'p' if w > 0 else 'n'}{level}"
+
+
+def attribution_html(attributions) -> SafeString:
+    """The step's before / action / after words, highlighted by their attribution weight."""
+    sections: list[tuple[str, list[str]]] = []
+    current: list[str] | None = None
+    for pair in attributions or ():
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            continue
+        word, weight = str(pair[0]), pair[1]
+        if word in ATTR_MARKERS:
+            name = ATTR_SECTIONS.get(word)
+            current = None if name is None else []
+            if current is not None:
+                sections.append((name, current))
+            continue
+        if current is None:
+            continue
+        cls = attribution_class(weight)
+        current.append(f'<span class="{cls}">{escape(word)}</span>' if cls else escape(word))
+    html = "".join(
+        f'<span class="attr-sec"><span class="k">{name}</span> {" ".join(words)}</span>'
+        for name, words in sections if words
+    )
+    return SafeString(html) if html else EMPTY
+
+
 def lfm_rows(payload: dict, prediction: dict | None, given: dict, step_errors: dict, missing: set) -> list[dict]:
     """One flat dict per step with every string the template prints."""
     shown = shown_labels(payload, prediction)
@@ -110,10 +158,12 @@ def lfm_rows(payload: dict, prediction: dict | None, given: dict, step_errors: d
         else:
             source, llm_reason = "", ""
         prob = conf = explanation = ""
+        attr_html = EMPTY
         if p is not None:
             prob = f"{p['probability']:.2f}"
             conf = f"{round(100 * max(p['probability'], 1 - p['probability']))}%"
             explanation = p.get("explanation", "")
+            attr_html = attribution_html(p.get("attributions"))
         cls = ""
         if i in step_errors:
             cls = " has-error"
@@ -137,6 +187,7 @@ def lfm_rows(payload: dict, prediction: dict | None, given: dict, step_errors: d
                 "prob": prob,
                 "conf": conf,
                 "explanation": explanation,
+                "attr_html": attr_html,
                 "verdict": verdict,
                 "label": label_s,
                 "effective": effective,

@@ -36,12 +36,30 @@ class Command(BaseCommand):
                    "--worker-id", f"{os.uname().nodename}-{os.getpid()}-{i}"]
             return subprocess.Popen(cmd, cwd=settings.BASE_DIR)
 
+        def reap():
+            """Training runs whose worker died (killed, machine lost) go back to the queue or fail."""
+            from django.db import close_old_connections
+
+            from annotation.training import reap_stale_runs
+
+            try:
+                for d in reap_stale_runs():
+                    self.stderr.write(f"training run {d['run']}: worker stopped sending heartbeats; {d['action']}")
+            except Exception as exc:  # noqa: BLE001 - the supervisor keeps going
+                self.stderr.write(f"reaping training runs failed: {exc}")
+            finally:
+                close_old_connections()
+
         def supervise():
+            next_reap = 0.0
             while not stop.is_set():
                 for i, p in enumerate(procs):
                     if p.poll() is not None and not stop.is_set():
                         self.stderr.write(f"worker {i} exited with {p.returncode}; restarting")
                         procs[i] = start_worker(i)
+                if time.monotonic() >= next_reap:
+                    reap()
+                    next_reap = time.monotonic() + 15
                 stop.wait(2)
 
         for i in range(workers):
