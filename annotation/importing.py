@@ -795,9 +795,12 @@ class _Run:
             Item.objects.filter(import_job_id=job.pk, state=Item.State.STAGED).update(state=Item.State.OPEN)
             AuditEvent.record(actor=job.created_by, verb="import.succeeded", obj=job, project=job.project,
                               after={"filename": job.filename, "items": self.items, "steps": self.steps})
-            from . import live
+            from . import live, training
 
             live.project_changed(job.project_id, what="items")
+            # New open items get the promoted model's predictions (and so their queue priority).
+            project_id, job_id = job.project_id, job.pk
+            transaction.on_commit(lambda: training.enqueue_score_items(project_id, import_job_id=job_id))
         if self.items >= ANALYZE_MIN_ITEMS:
             _refresh_statistics()
 
