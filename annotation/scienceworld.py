@@ -61,8 +61,11 @@ One `ScienceWorldGenerator` owns one simulator process (a JVM); keep it for the 
 one, and loading every task once so that the simulator's lazily seeded objects do not depend on the
 order of work, costs about 8 s). `generate_trajectories(config, workers=N)` spreads tasks over N
 processes. Every random choice comes from a `random.Random` seeded by (seed, task, variation,
-index), so for the deterministic tasks the same settings give the same trajectories, with any
-number of workers.
+index). The simulator itself is not reproducible between runs: it seeds its random generator per
+variation, but picks some objects (which thing to focus on, which door to take) in the order of
+unordered collections, and its clock-driven processes vary, so two runs with the same settings can
+differ. Keep the generated file: it is the reproducible artefact, and its `meta` holds the ground
+truth.
 """
 
 from __future__ import annotations
