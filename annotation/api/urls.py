@@ -30,4 +30,12 @@ urlpatterns = [
     path("projects/<int:project_id>/imports/<int:job_id>/", views.ImportDetailView.as_view(), name="api-import"),
     path("projects/<int:project_id>/export/", views.ExportView.as_view(), name="api-export"),
     path("projects/<int:project_id>/audit/", views.AuditListView.as_view(), name="api-audit"),
+    path("projects/<int:project_id>/runs/", views.RunListView.as_view(), name="api-runs"),
+    path("projects/<int:project_id>/runs/<int:run_id>/", views.RunDetailView.as_view(), name="api-run"),
+    path("projects/<int:project_id>/runs/<int:run_id>/cancel/", views.RunCancelView.as_view(), name="api-run-cancel"),
+    path("projects/<int:project_id>/versions/", views.VersionListView.as_view(), name="api-versions"),
+    path("projects/<int:project_id>/versions/<int:version_id>/", views.VersionDetailView.as_view(),
+         name="api-version"),
+    path("projects/<int:project_id>/versions/<int:version_id>/promote/", views.VersionPromoteView.as_view(),
+         name="api-version-promote"),
 ]
