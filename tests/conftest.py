@@ -1,4 +1,5 @@
 import pytest
+from django.db import connections
 
 from annotation.models import Role
 
@@ -38,3 +39,23 @@ def outsider(db):
 @pytest.fixture
 def items(project):
     return make_items(project, count=3, n_steps=3)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _live_servers_do_not_inherit_pooled_connections():
+    """Channels' live server is a forked process. A fork copies this process's open database sockets,
+    and on PostgreSQL the connection pool keeps some open between tests: both processes would then
+    talk over the same socket and read each other's results. Close the pools before each fork."""
+    from daphne.testing import DaphneProcess
+
+    start = DaphneProcess.start
+
+    def start_without_shared_sockets(self):
+        for conn in connections.all(initialized_only=True):
+            if getattr(conn, "pool", None) is not None:
+                conn.close_pool()
+        return start(self)
+
+    DaphneProcess.start = start_without_shared_sockets
+    yield
+    DaphneProcess.start = start

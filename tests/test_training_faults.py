@@ -23,7 +23,7 @@ from annotation.models import ModelVersion, Role, TrainingRun
 from .factories import add_member, full_answer, make_items, make_project
 from .test_training import build_tiny_bert
 
-pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.slow, pytest.mark.fault, pytest.mark.django_db(transaction=True)]
 
 SILENCE = timedelta(seconds=1)
 
