@@ -5,6 +5,7 @@ import re
 
 import pytest
 from channels.testing import ChannelsLiveServerTestCase
+from playwright.sync_api import expect
 
 from annotation.kinds.lfm import LFM
 from annotation.models import Answer, Role
@@ -53,7 +54,8 @@ class ReviewPageInBrowser(ChannelsLiveServerTestCase):
     def test_a_whole_trajectory_reviewed_with_the_keyboard_updates_the_dashboard(self):
         dash = self.new_page()
         self.login(dash, self.manager, f"/projects/{self.project.pk}/")
-        dash.wait_for_function("document.documentElement.dataset.live === 'ws'")
+        # (selectors, not wait_for_function: that evals in the page, which the CSP forbids)
+        dash.wait_for_selector("html[data-live='ws']", state="attached")
         assert dash.text_content("#stat-answers").strip() == "0"
         dash.evaluate("window.__notReloaded = true")
 
@@ -92,7 +94,7 @@ class ReviewPageInBrowser(ChannelsLiveServerTestCase):
         page.wait_for_url(re.compile(rf"/projects/{self.project.pk}/review/(?!{first_id}/)\d+/$"))
         page.wait_for_selector("#step-0.current")
 
-        dash.wait_for_function("document.getElementById('stat-answers').textContent.trim() === '1'")
+        expect(dash.locator("#stat-answers")).to_have_text("1", timeout=TIMEOUT_MS)
         assert dash.evaluate("window.__notReloaded") is True
 
         answer = Answer.objects.get(item_id=first_id, user=self.annotator)
@@ -120,7 +122,7 @@ class ReviewPageInBrowser(ChannelsLiveServerTestCase):
 
         page.keyboard.press("A")  # agree with every step that has no verdict
         assert page.locator('.step[data-verdict="agree"]').count() == 4
-        page.wait_for_function("document.getElementById('review-saved').textContent.startsWith('saved')")
+        expect(page.locator("#review-saved")).to_have_text(re.compile(r"^\s*saved"), timeout=TIMEOUT_MS)
         draft = Answer.objects.get(item_id=item_id, user=self.annotator)
         assert draft.status == Answer.Status.DRAFT
         assert [s["verdict"] for s in draft.data["steps"]] == ["agree"] * 4
