@@ -88,6 +88,9 @@ class ExportFilters:
     @classmethod
     def from_params(cls, params) -> ExportFilters:
         """From a QueryDict (or any mapping of strings). Raises ValueError with a message for people."""
+        for name in ("format", "final_only", "since", "until", "annotator"):
+            if "\x00" in (params.get(name) or ""):
+                raise ValueError(f"{name}: NUL characters (\\u0000) are not allowed.")
         raw = (params.get("final_only") or "").strip().lower()
         if raw in _TRUE:
             final_only = True
@@ -100,6 +103,13 @@ class ExportFilters:
             since = _parse_moment("since", params.get("since"))
         if (params.get("until") or "").strip():
             until = _parse_moment("until", params.get("until"))
+        for name, moment, end in (("since", since, False), ("until", until, True)):
+            try:  # the ends of the calendar: a bound past 9999-12-31 or before year 1 in UTC
+                if moment is not None:
+                    _bound(moment, end=end).astimezone(dt_timezone.utc)
+            except (OverflowError, ValueError):
+                raise ValueError(f"{name}: {params.get(name).strip()!r} is out of range; "
+                                 "use a date from 0001-01-02 to 9999-12-30.") from None
         if since is not None and until is not None and _bound(since, end=False) >= _bound(until, end=True):
             raise ValueError("since is after until: nothing can match.")
         annotator = (params.get("annotator") or "").strip() or None

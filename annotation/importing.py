@@ -5,7 +5,8 @@ bytes and decompressed on the fly). It is JSON Lines (one value per line, blank
 lines skipped) or one JSON document: a single object (for example one
 pretty-printed LFM rollout) or an array of objects; a document is parsed whole,
 up to IMPORT_MAX_DOCUMENT_BYTES. Every value goes through the project's kind
-(`Kind.parse_line`).
+(`Kind.parse_line`). Lines are at most MAX_LINE_BYTES; a value nested deeper
+than MAX_JSON_DEPTH arrays and objects fails its line.
 
 Rows are written in batches, each in its own transaction, as `state=staged`:
 queues, lists, counts and exports only see `Item.objects.live()`, so a file
@@ -50,6 +51,7 @@ from .models import AuditEvent, ImportJob, Item, ItemPayload, Prediction, Projec
 log = logging.getLogger(__name__)
 
 MAX_LINE_BYTES = 32 * 1024 * 1024
+MAX_JSON_DEPTH = 64  # arrays and objects inside each other, per item (and per API request body)
 MAX_DOCUMENT_BYTES = getattr(settings, "IMPORT_MAX_DOCUMENT_BYTES", 128 * 1024 * 1024)
 MAX_STORED_ERRORS = 100
 BATCH_ITEMS = 2000
@@ -190,6 +192,8 @@ def import_path(project: Project, user, path, fmt: str = "auto", *, on_progress:
     path = Path(path).resolve()
     if not path.is_file():
         raise ImportRejected(f"No file at {path}.")
+    if path.stat().st_size > settings.IMPORT_MAX_BYTES:  # the same limit as uploads
+        raise ImportRejected(_too_big(settings.IMPORT_MAX_BYTES))
     job = ImportJob.objects.create(
         project=project,
         created_by=user if getattr(user, "is_authenticated", False) else None,
@@ -285,6 +289,45 @@ def _decode_line(line: bytes, n: int):
 
 def _too_long(n: int) -> LineError:
     return LineError(n, "(line)", f"the line is longer than {human_bytes(MAX_LINE_BYTES)}")
+
+
+def json_too_deep(value, limit: int | None = None) -> str | None:
+    """None when `value` nests at most `limit` (MAX_JSON_DEPTH) arrays and objects; else the dotted path
+    of the first array or object past the limit (its first segments). Iterative: no recursion on hostile
+    input (orjson itself stops at 1024 levels; pydantic's serializer and orjson.dumps fail at about 255,
+    later and less clearly)."""
+    limit = MAX_JSON_DEPTH if limit is None else limit
+    level = [value] if isinstance(value, (dict, list)) else []
+    depth = 0
+    while level:
+        depth += 1
+        if depth > limit:
+            return _deep_path(value, limit)
+        below = []
+        for v in level:
+            for c in (v.values() if isinstance(v, dict) else v):
+                if isinstance(c, (dict, list)):
+                    below.append(c)
+        level = below
+    return None
+
+
+def _deep_path(value, limit: int, shown: int = 8) -> str:
+    stack = [(value, 1, ())]
+    while stack:
+        v, d, path = stack.pop()
+        if d > limit:
+            parts = [str(p)[:40] for p in path]  # keys are input too: keep the field short
+            return ".".join(parts[:shown]) + (f".… ({len(parts) - shown} more)" if len(parts) > shown else "")
+        for k, c in (v.items() if isinstance(v, dict) else enumerate(v)):
+            if isinstance(c, (dict, list)):
+                stack.append((c, d + 1, (*path, k)))
+    return ""  # pragma: no cover - only called when something is too deep
+
+
+def _too_deep(n: int, path: str) -> LineError:
+    return LineError(n, path or "(json)", f"nested deeper than {MAX_JSON_DEPTH} levels (arrays and objects "
+                                          f"inside each other); an item may nest at most {MAX_JSON_DEPTH}")
 
 
 class _Source:
@@ -420,8 +463,13 @@ def _dumps(value) -> str:
 _NUL = "\\u0000"
 
 
-def _row(kind, value, n: int):
-    """(row, errors): row = (external_id, payload json, step count, priority, prediction json, model version)."""
+def _row(kind, value, n: int, *, shallow: bool = False):
+    """(row, errors): row = (external_id, payload json, step count, priority, prediction json, model version).
+
+    `shallow`: the caller knows the value cannot nest past MAX_JSON_DEPTH (its line has fewer brackets)."""
+    deep = None if shallow else json_too_deep(value)
+    if deep is not None:
+        return None, [_too_deep(n, deep)]
     try:
         parsed = kind.parse_line(value, n)
     except ImportLineError as exc:
@@ -460,7 +508,9 @@ def _parse_lines(kind, chunk) -> list[tuple[int, tuple | None, list | None]]:
         if err is not None:
             out.append((n, None, [err]))
             continue
-        row, errors = _row(kind, value, n)
+        # a line with at most MAX_JSON_DEPTH opening brackets cannot nest deeper: skip the walk
+        shallow = line.count(b"{") + line.count(b"[") <= MAX_JSON_DEPTH
+        row, errors = _row(kind, value, n, shallow=shallow)
         out.append((n, row, errors))
     return out
 
