@@ -5,17 +5,26 @@
 Workers are `manage.py db_worker` processes for the `default` queue (imports,
 scoring) and the `gpu` queue (training); they restart if they exit. Pass
 --workers 0 to run them elsewhere (any machine that reaches the same database).
+
+--web-processes N (or WEB_PROCESSES=N) runs N daphne processes on the same port: this command
+opens one listening socket per process with SO_REUSEPORT, so the kernel spreads new connections
+evenly over them, and hands each to its daphne (a twisted `fd:` endpoint). One daphne process
+runs Django's sync code under one GIL, so more processes use more CPU cores. With more than one,
+live updates need a shared channel layer (REDIS_URL).
 """
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 
 from django.conf import settings
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
+
+APP = "feedback_app.asgi:application"
 
 
 class Command(BaseCommand):
@@ -26,10 +35,43 @@ class Command(BaseCommand):
         parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
         parser.add_argument("--workers", type=int, default=1, help="db_worker processes to run beside the server")
         parser.add_argument("--queues", default="default,gpu")
+        parser.add_argument("--web-processes", type=int, default=int(os.environ.get("WEB_PROCESSES", "1")),
+                            help="daphne processes sharing the port (default 1, or WEB_PROCESSES)")
 
-    def handle(self, *args, host, port, workers, queues, **options):
+    def handle(self, *args, host, port, workers, queues, web_processes, **options):
+        if web_processes < 1:
+            raise CommandError("--web-processes must be at least 1.")
+        if web_processes > 1 and not getattr(settings, "REDIS_URL", ""):
+            raise CommandError("More than one web process needs REDIS_URL: the in-memory channel layer "
+                               "reaches one process only.")
+        # The client address from X-Forwarded-For only behind a proxy: a client that reaches daphne
+        # directly could name any address (and so dodge the per-address login limit).
+        proxy = ["--proxy-headers"] if settings.BEHIND_TLS_PROXY else []
         stop = threading.Event()
         procs: list[subprocess.Popen] = []
+        webs: list[subprocess.Popen] = []
+        listeners: list[socket.socket] = []
+        if web_processes > 1:
+            # A listening socket per daphne process, all on the port (SO_REUSEPORT): the kernel balances new
+            # connections over them. One socket shared by all processes is not balanced: whichever process
+            # wakes first accepts a whole burst of keep-alive connections and keeps them.
+            # (twisted's fd: endpoint adopts IPv4 sockets only)
+            if ":" in host or port == 0:
+                raise CommandError("--web-processes above 1 needs an IPv4 --host and a fixed --port.")
+            for _ in range(web_processes):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                sock.bind((host, port))
+                sock.listen(1024)
+                sock.set_inheritable(True)
+                listeners.append(sock)
+
+        def start_web(i):
+            """Web process i + 1 (this process is the first), on its own socket; kept open here for restarts."""
+            fd = listeners[i + 1].fileno()
+            cmd = [sys.executable, "-m", "daphne", "-e", f"fd:fileno={fd}", *proxy, APP]
+            return subprocess.Popen(cmd, cwd=settings.BASE_DIR, pass_fds=(fd,))
 
         def start_worker(i):
             cmd = [sys.executable, "manage.py", "db_worker", "--queue-name", queues, "--interval", "0.5",
@@ -57,6 +99,10 @@ class Command(BaseCommand):
                     if p.poll() is not None and not stop.is_set():
                         self.stderr.write(f"worker {i} exited with {p.returncode}; restarting")
                         procs[i] = start_worker(i)
+                for i, p in enumerate(webs):
+                    if p.poll() is not None and not stop.is_set():
+                        self.stderr.write(f"web process {i + 2} exited with {p.returncode}; restarting")
+                        webs[i] = start_web(i)
                 if time.monotonic() >= next_reap:
                     reap()
                     next_reap = time.monotonic() + 15
@@ -64,25 +110,33 @@ class Command(BaseCommand):
 
         for i in range(workers):
             procs.append(start_worker(i))
+        for i in range(web_processes - 1):
+            webs.append(start_web(i))
         threading.Thread(target=supervise, daemon=True).start()
 
         def shutdown(*_):
             stop.set()
-            for p in procs:
+            for p in procs + webs:
                 if p.poll() is None:
                     p.terminate()
             deadline = time.time() + 10
-            for p in procs:
+            for p in procs + webs:
                 try:
                     p.wait(max(0.1, deadline - time.time()))
                 except subprocess.TimeoutExpired:
                     p.kill()
 
         signal.signal(signal.SIGTERM, lambda *a: (shutdown(), sys.exit(0)))
-        self.stdout.write(f"Serving on http://{host}:{port}/ with {workers} worker(s) on queues {queues}")
+        self.stdout.write(f"Serving on http://{host}:{port}/ with {web_processes} web process(es) and "
+                          f"{workers} worker(s) on queues {queues}")
         from daphne.cli import CommandLineInterface
 
+        if not listeners:
+            bind = ["-b", host, "-p", str(port)]
+        else:
+            # daphne closes the descriptor it adopts: give it a copy
+            bind = ["-e", f"fd:fileno={os.dup(listeners[0].fileno())}"]
         try:
-            CommandLineInterface().run(["-b", host, "-p", str(port), "--proxy-headers", "feedback_app.asgi:application"])
+            CommandLineInterface().run([*bind, *proxy, APP])
         finally:
             shutdown()

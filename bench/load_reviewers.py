@@ -1,0 +1,219 @@
+#!/usr/bin/env python
+"""Load benchmark of the review loop over the REST API: C concurrent reviewers, each taking the next
+item (POST /api/projects/<id>/next/) and submitting a full answer to it
+(POST /api/projects/<id>/items/<item_id>/answer/), for a fixed time per concurrency level.
+
+    .venv/bin/python bench/load_reviewers.py --steps 10000                 # C = 1, 4, 16, 64; 30 s each
+    .venv/bin/python bench/load_reviewers.py --steps 100000 -c 16 -d 60 --web-processes 2
+    .venv/bin/python bench/load_reviewers.py --steps 1000000 --json /tmp/load-1m.json
+
+The server is the production one: `manage.py serve` (daphne, a supervised db_worker, DEBUG off, a
+SECRET_KEY, static files by WhiteNoise) on a free port, against PostgreSQL (BENCH_PG, default
+postgres://postgres@127.0.0.1:5432) and Redis (BENCH_REDIS, default redis://127.0.0.1:6379/5).
+
+The project lives in its own database, feedback_bench_<steps>, made once: bench/import_export.py's
+synthetic trajectories (10 steps on average) up to --steps steps, imported with `manage.py import_items`.
+Later runs reuse it (--rebuild makes it again). Before each concurrency level the project is reset to
+a fresh queue (answers, leases, finals and audit events deleted, every item open; bench setup in SQL)
+so every level starts from the same state. The project's model loop is off (retrain_every 0): training
+would run on the same two cores.
+
+Each simulated reviewer is its own annotator with its own API token and one keep-alive connection
+(asyncio, a minimal HTTP/1.1 client: the client shares the CPUs with the server, so it must be cheap).
+Latencies are per request, measured by the client from sending the request to the end of the
+response; `cycle` is next + submit of one answer. The first --warmup seconds of each level are not
+counted. Errors are every non-2xx answer, connection failure or timeout, grouped by kind; a 204 from
+next/ (nothing left) ends that reviewer and is reported as "drained".
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _reviewers as R  # noqa: E402
+
+
+def answer_body(step_count: int, verdict="agree", notes="", time_spent_ms=30000) -> bytes:
+    data = {"steps": [{"step": i, "verdict": verdict} for i in range(step_count)], "notes": notes}
+    return json.dumps({"data": data, "time_spent_ms": time_spent_ms}).encode()
+
+
+async def reviewer(conn: R.Connection, project_id: int, t_start: float, t_end: float, stats: dict):
+    nexts, submits, cycles = stats["next"], stats["submit"], stats["cycle"]
+    errors: Counter = stats["errors"]
+    while True:
+        t0 = time.perf_counter()
+        if t0 >= t_end:
+            return
+        counted = t0 >= t_start
+        try:
+            status, body = await conn.request("POST", f"/api/projects/{project_id}/next/")
+        except (R.HttpError, OSError, asyncio.TimeoutError) as exc:
+            errors[f"next: {type(exc).__name__} {exc}"[:100]] += 1
+            await asyncio.sleep(0.05)
+            continue
+        t1 = time.perf_counter()
+        if status == 204:
+            stats["drained"] += 1
+            return
+        if status != 200:
+            errors[R.error_kind("next", status, body)] += 1
+            continue
+        item = json.loads(body)
+        payload = answer_body(item["step_count"])
+        t2 = time.perf_counter()
+        try:
+            status, body = await conn.request("POST", f"/api/projects/{project_id}/items/{item['id']}/answer/",
+                                              payload)
+        except (R.HttpError, OSError, asyncio.TimeoutError) as exc:
+            errors[f"submit: {type(exc).__name__} {exc}"[:100]] += 1
+            continue
+        t3 = time.perf_counter()
+        if status != 201:
+            errors[R.error_kind("submit", status, body)] += 1
+            continue
+        stats["answers_all"] += 1
+        if counted and t3 <= t_end:
+            nexts.append(t1 - t0)
+            submits.append(t3 - t2)
+            cycles.append((t1 - t0) + (t3 - t2))
+            stats["answers"] += 1
+
+
+async def run_level(port: int, project_id: int, tokens: list[str], duration: float, warmup: float) -> dict:
+    conns = [R.Connection("127.0.0.1", port, t) for t in tokens]
+    stats = {"next": [], "submit": [], "cycle": [], "errors": Counter(), "answers": 0, "answers_all": 0, "drained": 0}
+    now = time.perf_counter()
+    t_start, t_end = now + warmup, now + warmup + duration
+    await asyncio.gather(*(reviewer(c, project_id, t_start, t_end, stats) for c in conns))
+    for c in conns:
+        await c.close()
+    stats["seconds"] = duration
+    stats["connects"] = sum(c.connects for c in conns)
+    return stats
+
+
+def row(c: int, s: dict) -> str:
+    def per(cpu_s):
+        n = s["answers_all"]
+        return f"{1000 * cpu_s / n:.0f}" if n else "–"
+
+    n50, n95, n99 = R.pcts(s["next"])
+    s50, s95, s99 = R.pcts(s["submit"])
+    c50, c95, c99 = R.pcts(s["cycle"])
+    errs = sum(s["errors"].values())
+    return (f"| {c:>3} | {s['answers']:>6,} | {s['answers'] / s['seconds']:>7.1f} | "
+            f"{R.ms(n50)} / {R.ms(n95)} / {R.ms(n99)} | {R.ms(s50)} / {R.ms(s95)} / {R.ms(s99)} | "
+            f"{R.ms(c50)} / {R.ms(c95)} / {R.ms(c99)} | {errs} | {s['server_cpu']:.0f}% | {s['machine_cpu']:.0f}% | "
+            f"{per(s['server_cpu_s'])} / {per(s['pg_cpu_s'])} | "
+            f"{s['load']} |")
+
+
+HEADER = ("| reviewers | answers | answers/s | next p50 / p95 / p99 ms | submit p50 / p95 / p99 ms | "
+          "cycle p50 / p95 / p99 ms | errors | server CPU | machine busy | CPU ms per answer: server / PostgreSQL | "
+          "load avg after |\n"
+          "|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--|")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=10_000, help="project size in steps (10000, 100000, 1000000)")
+    ap.add_argument("-c", "--concurrency", default="1,4,16,64", help="reviewer counts, comma-separated")
+    ap.add_argument("-d", "--duration", type=float, default=30.0, help="measured seconds per level")
+    ap.add_argument("--warmup", type=float, default=3.0, help="seconds per level not counted")
+    ap.add_argument("-k", "--reviewers", type=int, default=None, help="reviewer accounts (default: the largest C)")
+    ap.add_argument("--answers-per-item", type=int, default=3, help="the project's N (default 3)")
+    ap.add_argument("--web-processes", type=int, default=int(os.environ.get("WEB_PROCESSES", "2")),
+                    help="manage.py serve --web-processes (default 2, one per core)")
+    ap.add_argument("--workers", type=int, default=1, help="manage.py serve --workers (default 1)")
+    ap.add_argument("--port", type=int, default=None, help="port (default: a free one)")
+    ap.add_argument("--rebuild", action="store_true", help="make the benchmark database again")
+    ap.add_argument("--json", help="also write the results here")
+    args = ap.parse_args()
+    levels = [int(x) for x in args.concurrency.split(",")]
+    k = args.reviewers or max(levels)
+
+    t = time.perf_counter()
+    db_name, info = R.prepare_database(args.steps, rebuild=args.rebuild)
+    print(f"{db_name}: project {info['project']}, {info['items']:,} items, {info['steps']:,} steps "
+          f"({'reused' if info.get('cached', True) else f'built in {time.perf_counter() - t:.0f} s'})")
+    R.django_setup(db_name)
+    project_id = info["project"]
+    accounts = R.make_reviewers(project_id, k)
+
+    results = []
+    server = R.Server(db_name, web_processes=args.web_processes, workers=args.workers, port=args.port)
+    try:
+        server.start()
+        print(f"server: {server.description} (pids {', '.join(map(str, server.pids()))}); "
+              f"PostgreSQL + Redis; {os.cpu_count()} CPUs; load average {R.loadavg()}")
+        for c in levels:
+            R.reset_project(project_id, answers_per_item=args.answers_per_item)
+            from django.db import connection
+
+            connection.close()
+            load_before = R.loadavg()
+            cpu0, pg0, m0, w0 = server.cpu_seconds(), R.postgres_cpu(db_name), R.machine_cpu(), time.perf_counter()
+            s = asyncio.run(run_level(server.port, project_id, [tok for _, tok in accounts[:c]],
+                                      args.duration, args.warmup))
+            wall = time.perf_counter() - w0
+            s["server_cpu_s"] = server.cpu_seconds() - cpu0
+            s["pg_cpu_s"] = R.cpu_delta(pg0, R.postgres_cpu(db_name))
+            s["server_cpu"] = 100 * s["server_cpu_s"] / wall
+            m1 = R.machine_cpu()
+            s["machine_cpu"] = 100 * (m1[0] - m0[0]) / max(1e-9, m1[1] - m0[1])
+            s["load_before"], s["load"] = load_before, R.loadavg()
+            results.append((c, s))
+            n50, n95, _ = R.pcts(s["next"])
+            print(f"  C={c:<3} {s['answers'] / s['seconds']:6.1f} answers/s  next p50 {R.ms(n50)} ms "
+                  f"p95 {R.ms(n95)} ms  errors {sum(s['errors'].values())}  "
+                  f"{'drained ' + str(s['drained']) + '  ' if s['drained'] else ''}load {s['load']}", flush=True)
+            if server.proc.poll() is not None:
+                raise SystemExit(f"the server died; see {server.log_path}")
+    finally:
+        server.stop()
+
+    print(f"\n{info['steps']:,} steps ({info['items']:,} items), N = {args.answers_per_item} answers per item, "
+          f"{args.duration:.0f} s per level after {args.warmup:.0f} s warm-up; server: {server.description}; "
+          f"PostgreSQL + Redis on this machine, {os.cpu_count()} CPUs")
+    print(HEADER)
+    for c, s in results:
+        print(row(c, s))
+    print("(latency measured by the client; cycle = next + submit of one answer; server CPU: the server's "
+          "processes (daphne, db_worker), % of one core; machine busy: all CPUs, PostgreSQL and the client included; "
+          "CPU ms per answer: the server's and the bench database's PostgreSQL backends' CPU time over the level "
+          "(warm-up included) per answer submitted in it, which the machine's other load hardly changes)")
+    for c, s in results:
+        if s["errors"] or s["drained"]:
+            print(f"C={c}: errors {dict(s['errors'])}; drained reviewers {s['drained']}")
+    target = next((s for c, s in results if c == 16), None)
+    if target is not None:
+        n95 = R.pcts(target["next"])[1]
+        rate = target["answers"] / target["seconds"]
+        print(f"target at 16 reviewers (next p95 < 50 ms, >= 100 answers/s): next p95 {R.ms(n95)} ms "
+              f"{'met' if n95 < 0.05 else 'missed'}, {rate:.1f} answers/s {'met' if rate >= 100 else 'missed'}")
+    if args.json:
+        out = {"steps": info["steps"], "items": info["items"], "answers_per_item": args.answers_per_item,
+               "server": server.description, "duration": args.duration, "levels": []}
+        for c, s in results:
+            out["levels"].append({
+                "reviewers": c, "answers": s["answers"], "answers_per_s": s["answers"] / s["seconds"],
+                "next_ms": [x * 1000 for x in R.pcts(s["next"])], "submit_ms": [x * 1000 for x in R.pcts(s["submit"])],
+                "cycle_ms": [x * 1000 for x in R.pcts(s["cycle"])], "errors": dict(s["errors"]),
+                "drained": s["drained"], "server_cpu": s["server_cpu"], "machine_cpu": s["machine_cpu"],
+                "server_cpu_ms_per_answer": 1000 * s["server_cpu_s"] / max(1, s["answers_all"]),
+                "pg_cpu_ms_per_answer": 1000 * s["pg_cpu_s"] / max(1, s["answers_all"]),
+                "load_before": s["load_before"], "load_after": s["load"]})
+        Path(args.json).write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
