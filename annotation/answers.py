@@ -83,6 +83,7 @@ def submit(item: Item, user, data: dict, time_spent_ms=0) -> SubmitResult:
     project = item.project
     with transaction.atomic():
         locked = Item.objects.select_for_update().get(pk=item.pk)
+        locked.project = project  # resolve_final reads it: no second query for the project
         answer = Answer.objects.filter(item=locked, user=user).first()
         if answer is not None and answer.status == Answer.Status.SUBMITTED:
             if answer.data == cleaned:
@@ -135,10 +136,14 @@ def submit(item: Item, user, data: dict, time_spent_ms=0) -> SubmitResult:
 def resolve_final(item: Item) -> Final | None:
     """Apply the final-label rule to a locked item and set its state. Call inside a transaction."""
     project = item.project
-    training.labels_changed(project.pk)  # after commit: queue a training run when enough new labels came in
+    if project.retrain_every > 0:  # 0: automatic training is off, nothing to check after commit
+        training.labels_changed(project.pk)  # after commit: queue a training run when enough new labels came in
     if item.answer_count < project.answers_per_item:
-        Final.objects.filter(item=item).exclude(method=Final.Method.ADJUDICATED).delete()
-        new_state = Item.State.FINAL if Final.objects.filter(item=item).exists() else Item.State.OPEN
+        # One read in the common case (no final label at all); a delete only when there is one to drop.
+        methods = set(Final.objects.filter(item=item).values_list("method", flat=True))
+        if methods - {Final.Method.ADJUDICATED}:
+            Final.objects.filter(item=item).exclude(method=Final.Method.ADJUDICATED).delete()
+        new_state = Item.State.FINAL if Final.Method.ADJUDICATED in methods else Item.State.OPEN
         if item.state != new_state:
             item.state = new_state
             item.save(update_fields=["state"])

@@ -332,3 +332,22 @@ class ModelVersion(models.Model):
 
 
 SUBMITTED = Q(status=Answer.Status.SUBMITTED)
+
+
+class LoginAttempt(models.Model):
+    """A password check, kept for the login throttle's window (feedback_app/security.py).
+
+    Each check writes its row before the password is compared, so concurrent guesses count against
+    each other; a failed check keeps its row, a successful one deletes the username's rows, a
+    refused one deletes its own. Rows older than the window are pruned as new ones are written.
+    """
+
+    username = models.CharField(max_length=150, help_text="As typed, case-folded.")
+    ip = models.CharField(max_length=64, help_text="The client's address.")
+    at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["username", "at"], name="login_attempt_user_idx"),
+            models.Index(fields=["ip", "at"], name="login_attempt_ip_idx"),
+        ]

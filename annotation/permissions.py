@@ -59,12 +59,24 @@ def get_project_for(user, project_id, capability: str) -> Project:
         project_id = int(project_id)
     except (TypeError, ValueError):
         raise Http404("No such project") from None
+    if not 0 < project_id < 2**63:  # no row has such an id (and SQLite cannot even compare one this large)
+        raise Http404("No such project")
+    project = None
+    cache = getattr(user, "_project_roles", None)
+    if (getattr(user, "is_authenticated", False) and not user.is_superuser
+            and (cache is None or project_id not in cache)):
+        # The membership and its project in one query (the role is cached for the rest of the request).
+        membership = Membership.objects.select_related("project").filter(project_id=project_id, user=user).first()
+        if cache is None:
+            cache = user._project_roles = {}
+        cache[project_id] = membership.role if membership is not None else None
+        project = membership.project if membership is not None else None
     role = role_of(user, project_id)
     if role is None:
         raise Http404("No such project")
     if capability not in CAPABILITIES[role]:
         raise PermissionDenied(f"Your role ({role}) may not do this.")
-    return get_object_or_404(Project, pk=project_id)
+    return project if project is not None else get_object_or_404(Project, pk=project_id)
 
 
 def visible_projects(user):

@@ -54,14 +54,23 @@ def claimable(project: Project, user, now=None):
 
 
 def current_lease(project: Project, user, now=None):
+    """The user's active lease on an open item of the project that they have not answered (oldest
+    first), or None. Written out in SQL: next_item runs it on every call, and it usually finds
+    nothing (the item is then read only when there is a lease)."""
     now = now or timezone.now()
-    return (
-        Lease.objects.filter(item__project=project, user=user, expires_at__gt=now, item__state=Item.State.OPEN)
-        .exclude(Exists(Answer.objects.filter(item=OuterRef("item"), user=user).exclude(status=Answer.Status.DRAFT)))
-        .select_related("item")
-        .order_by("created_at")
-        .first()
+    qn = connection.ops.quote_name
+    columns = ", ".join(f"l.{qn(f.column)}" for f in Lease._meta.concrete_fields)
+    sql = (
+        f"SELECT {columns} FROM {qn(Lease._meta.db_table)} l"
+        f" JOIN {qn(Item._meta.db_table)} i ON i.id = l.item_id"
+        " WHERE i.project_id = %s AND l.user_id = %s AND l.expires_at > %s AND i.state = %s"
+        f" AND NOT EXISTS (SELECT 1 FROM {qn(Answer._meta.db_table)} a"
+        " WHERE a.item_id = l.item_id AND a.user_id = %s AND a.status <> %s)"
+        " ORDER BY l.created_at ASC LIMIT 1"
     )
+    params = [project.pk, user.pk, connection.ops.adapt_datetimefield_value(now), Item.State.OPEN.value,
+              user.pk, Answer.Status.DRAFT.value]
+    return next(iter(Lease.objects.raw(sql, params)), None)
 
 
 def next_item(project: Project, user) -> Item | None:
@@ -70,9 +79,52 @@ def next_item(project: Project, user) -> Item | None:
     with transaction.atomic():
         lease = current_lease(project, user, now)
         if lease is not None:
-            Lease.objects.filter(pk=lease.pk).update(expires_at=now + lease_length(project))
+            lease.expires_at = now + lease_length(project)
+            Lease.objects.filter(pk=lease.pk).update(expires_at=lease.expires_at)
+            lease.item.claimed_lease = lease  # the caller's lease as stored now (no query to read it back)
             return lease.item
         return claim(project, user, now=now)
+
+
+def _claimable_sql(project: Project, user, now, *, skipped: bool | None = None, exclude=(), pk=None,
+                   lock: bool = False, select: str = "item") -> tuple[str, list]:
+    """claimable() as one SQL statement with its parameters, for the claim path.
+
+    The same rule as claimable(), written out because building and compiling that queryset twice
+    per claim was the largest single CPU cost of taking an item. `skipped`: True only items the user
+    skipped, False none of them, None either. `select`: "item" (every column, best first, LIMIT 1)
+    or "exists"."""
+    qn = connection.ops.quote_name
+    item_t, answer_t = qn(Item._meta.db_table), qn(Answer._meta.db_table)
+    lease_t, skip_t = qn(Lease._meta.db_table), qn(Skip._meta.db_table)
+    at = connection.ops.adapt_datetimefield_value(now)
+    where = [
+        "i.project_id = %s", "i.state = %s",
+        f"NOT EXISTS (SELECT 1 FROM {answer_t} a WHERE a.item_id = i.id AND a.user_id = %s AND a.status <> %s)",
+        f"i.answer_count + (SELECT COUNT(*) FROM {lease_t} l WHERE l.item_id = i.id AND l.expires_at > %s"
+        " AND l.user_id <> %s) < %s",
+    ]
+    params = [project.pk, Item.State.OPEN.value, user.pk, Answer.Status.DRAFT.value, at, user.pk,
+              project.answers_per_item]
+    if skipped is not None:
+        where.append(f"{'' if skipped else 'NOT '}EXISTS (SELECT 1 FROM {skip_t} s WHERE s.item_id = i.id"
+                     " AND s.user_id = %s)")
+        params.append(user.pk)
+    exclude = list(exclude)
+    if exclude:
+        where.append(f"i.id NOT IN ({', '.join(['%s'] * len(exclude))})")
+        params += exclude
+    if pk is not None:
+        where.append("i.id = %s")
+        params.append(pk)
+    if select == "exists":
+        return f"SELECT 1 FROM {item_t} i WHERE {' AND '.join(where)} LIMIT 1", params
+    columns = ", ".join(f"i.{qn(f.column)}" for f in Item._meta.concrete_fields)
+    sql = (f"SELECT {columns} FROM {item_t} i WHERE {' AND '.join(where)} "
+           "ORDER BY i.priority DESC, i.seq ASC LIMIT 1")
+    if lock:
+        sql += " FOR UPDATE OF i SKIP LOCKED"
+    return sql, params
 
 
 def claim(project: Project, user, *, exclude=(), now=None) -> Item | None:
@@ -80,17 +132,15 @@ def claim(project: Project, user, *, exclude=(), now=None) -> Item | None:
     now = now or timezone.now()
     locking = connection.features.has_select_for_update_skip_locked
     passed = list(exclude)
-    skipped = Exists(Skip.objects.filter(item=OuterRef("pk"), user=user))
-    # Items the user skipped come last: first everything else (in index order), then the skipped ones.
-    passes = [lambda qs: qs.exclude(skipped), lambda qs: qs.filter(skipped)]
-    with transaction.atomic():
+    # savepoint=False: inside next_item's transaction a savepoint would cost two round trips and
+    # buys nothing (any error here rolls the whole claim back).
+    with transaction.atomic(savepoint=False):
         while True:
             item = None
-            for restrict in passes:
-                qs = restrict(claimable(project, user, now)).exclude(pk__in=passed)
-                if locking:
-                    qs = qs.select_for_update(skip_locked=True, of=("self",))
-                item = qs.first()
+            # Items the user skipped come last: first everything else (in index order), then the skipped ones.
+            for skipped in (False, True):
+                sql, params = _claimable_sql(project, user, now, skipped=skipped, exclude=passed, lock=locking)
+                item = next(iter(Item.objects.raw(sql, params)), None)
                 if item is not None:
                     break
             if item is None:
@@ -99,12 +149,21 @@ def claim(project: Project, user, *, exclude=(), now=None) -> Item | None:
             # taken before it locked the row: a claimer or submitter that committed in between
             # is not counted. Everyone who changes an item's count holds its row lock until
             # commit, so a fresh query now that we hold the lock sees them all.
-            if not locking or claimable(project, user, now).filter(pk=item.pk).exists():
+            if not locking:
                 break
+            sql, params = _claimable_sql(project, user, now, pk=item.pk, select="exists")
+            with connection.cursor() as cursor:
+                cursor.execute(sql, params)
+                if cursor.fetchone() is not None:
+                    break
             passed.append(item.pk)
-        Lease.objects.update_or_create(
-            item=item, user=user, defaults={"created_at": now, "expires_at": now + lease_length(project)}
+        # One upsert (we hold the item's row lock, so no other claimer races us for it; an old
+        # expired lease of this user on the item is taken over).
+        lease = Lease(item=item, user=user, created_at=now, expires_at=now + lease_length(project))
+        Lease.objects.bulk_create(
+            [lease], update_conflicts=True, unique_fields=["item", "user"], update_fields=["created_at", "expires_at"],
         )
+    item.claimed_lease = lease  # the lease as stored (no query to read it back)
     return item
 
 

@@ -69,7 +69,10 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "feedback_app.security.ContentSecurityPolicyMiddleware",  # CSP on every response (docs/security.md)
+    "feedback_app.security.LoginThrottleMiddleware",  # 429 page for throttled logins
     "django_htmx.middleware.HtmxMiddleware",
+    "feedback_app.middleware.DatabaseUnavailableMiddleware",  # database down: 503 + Retry-After, not a 500
 ]
 
 ROOT_URLCONF = "feedback_app.urls"
@@ -98,6 +101,17 @@ if DATABASE_URL:
     if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
         # A fixed test database name, so live-server tests in other processes find it.
         DATABASES["default"]["TEST"] = {"NAME": "test_feedback" + os.environ.get("TEST_DB_SUFFIX", "")}
+        if env_bool("DATABASE_POOL", True):
+            # Under ASGI every request runs its sync code in a thread of its own, so a persistent connection
+            # (CONN_MAX_AGE) is never reused and each request would open one (10+ ms, a server process).
+            # A pool per process lends connections to those threads instead; each is checked when lent
+            # (CONN_HEALTH_CHECKS).
+            DATABASES["default"]["CONN_MAX_AGE"] = 0
+            DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+                "min_size": 2, "max_size": int(os.environ.get("DATABASE_POOL_SIZE", "10")),
+                # how long a request waits for a connection (also, while the database is down, before its 503)
+                "timeout": float(os.environ.get("DATABASE_POOL_TIMEOUT", "10")),
+            }
 else:
     DATABASES = {
         "default": {
@@ -145,6 +159,8 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
 ]
+# Password checks go through the login throttle (feedback_app/security.py).
+AUTHENTICATION_BACKENDS = ["feedback_app.security.ThrottledModelBackend"]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "project-list"
 LOGOUT_REDIRECT_URL = "login"
@@ -184,7 +200,10 @@ SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
 SECURE_HSTS_SECONDS = int(os.environ.get("SECURE_HSTS_SECONDS", "0"))
-if env_bool("BEHIND_TLS_PROXY", False):
+# Behind a reverse proxy that terminates TLS: trust its X-Forwarded-Proto, and (manage.py serve) its
+# X-Forwarded-For as the client address. Never on a server that clients reach directly.
+BEHIND_TLS_PROXY = env_bool("BEHIND_TLS_PROXY", False)
+if BEHIND_TLS_PROXY:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 REST_FRAMEWORK = {
@@ -193,6 +212,12 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    # JSON and form bodies within DATA_UPLOAD_MAX_MEMORY_SIZE (413 past it), JSON at most 64 levels deep
+    "DEFAULT_PARSER_CLASSES": [
+        "annotation.api.parsers.JSONParser",
+        "annotation.api.parsers.FormParser",
+        "annotation.api.parsers.MultiPartParser",
+    ],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",

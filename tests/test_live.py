@@ -88,3 +88,26 @@ def test_submits_still_work_when_the_channel_layer_is_down():
 
 def test_group_names_are_per_project():
     assert live.group_name(3) != live.group_name(4)
+
+
+def test_changes_within_a_window_go_out_as_one_message_at_its_end(monkeypatch):
+    """A busy project is not flooded: the first change is sent at once, the others within
+    COALESCE_SECONDS become one message at the end of the window (so the last change is never lost)."""
+    import time
+
+    sent = []
+    project_id = 987_654_321  # no other test publishes for it (earlier tests' messages may still be due)
+    monkeypatch.setattr(live, "_send", lambda pid, event: sent.append((pid, event["what"]))
+                        if pid in (project_id, project_id + 1) else None)
+    monkeypatch.setattr(live, "COALESCE_SECONDS", 0.2)
+    live._publish(project_id, "answers")
+    assert sent == [(project_id, "answers")]
+    live._publish(project_id, "answers")
+    live._publish(project_id, "answers")
+    live._publish(project_id + 1, "answers")  # another project is not held back
+    assert sent == [(project_id, "answers"), (project_id + 1, "answers")]
+    deadline = time.monotonic() + 3
+    while len(sent) < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)
+    assert sent == [(project_id, "answers"), (project_id + 1, "answers"), (project_id, "answers")]

@@ -1,14 +1,16 @@
-"""The REST API. Thin views over the core: permissions, queue, answers, stats, imports, exports.
+"""The REST API. Thin views over the core: permissions, queue, answers, stats, imports, exports, models.
 
 Every view class declares `required_capability` (see annotation/api/permissions.py);
 the ProjectCapability permission resolves `project_id` from the URL and checks it.
 Errors answer {"detail": "...", "errors": [{"field", "message"}]} with the status of the problem.
 """
 
+import logging
 from collections.abc import Mapping
 
+from django.conf import settings
 from django.db import transaction
-from django.db.models import Case, IntegerField, Q, Value, When
+from django.db.models import Case, Func, IntegerField, Q, Value, When
 from django.utils import timezone
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.types import OpenApiTypes
@@ -18,12 +20,12 @@ from rest_framework.authtoken.models import Token
 from rest_framework.authtoken.serializers import AuthTokenSerializer
 from rest_framework.exceptions import APIException
 from rest_framework.generics import GenericAPIView
+from rest_framework.metadata import SimpleMetadata
 from rest_framework.pagination import PageNumberPagination
-from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 
-from .. import exporting, importing, queue
+from .. import exporting, importing, queue, training
 from ..answers import (
     AnswerError,
     adjudicate,
@@ -34,11 +36,27 @@ from ..answers import (
     submit,
 )
 from ..kinds import KindError, all_kinds, get_kind
-from ..models import Answer, AuditEvent, Final, ImportJob, Item, Lease, Membership, Project, Role
+from ..models import (
+    Answer,
+    AuditEvent,
+    Final,
+    ImportJob,
+    Item,
+    Lease,
+    Membership,
+    ModelVersion,
+    Project,
+    Role,
+    TrainingRun,
+)
 from ..permissions import ANNOTATE, MANAGE, REVIEW, VIEW, visible_projects
 from ..stats import item_agreement, project_stats
+from ..views.imports import ImportSizeLimit
+from . import parsers
 from . import serializers as s
 from .permissions import ProjectCapability, capability_for
+
+log = logging.getLogger(__name__)
 
 ITEM_STATES = [state for state in Item.State.values if state != Item.State.STAGED]
 
@@ -116,24 +134,47 @@ def errors(*codes) -> dict:
     return {code: ERRORS[code] for code in codes}
 
 
+class ApiMetadata(SimpleMetadata):
+    """OPTIONS: name, description, renders and parses. Request bodies are described by /api/schema/ (the
+    views have no single serializer for DRF to describe; asking for one made OPTIONS a 500)."""
+
+    def determine_actions(self, request, view):
+        return {}
+
+
 class ApiView(GenericAPIView):
     """Base of every API view: authentication, the capability check, pagination, schema."""
 
     permission_classes = [IsAuthenticated, ProjectCapability]
+    metadata_class = ApiMetadata
     pagination_class = Pagination
     schema = CapabilitySchema()
     required_capability: str | dict | None = None
     project_url_kwarg = "project_id"
     project: Project
 
+    def initial(self, request, *args, **kwargs):
+        # PostgreSQL cannot hold NUL in text: refuse it in any parameter before it reaches a query
+        for name, values in request.query_params.lists():
+            if any("\x00" in v for v in (name, *values)):
+                field = name.replace("\x00", "\\u0000")
+                message = f"{field}: NUL characters (\\u0000) are not allowed in a parameter."
+                raise ApiError(400, message, [{"field": field, "message": message}])
+        super().initial(request, *args, **kwargs)
+
+    def handle_exception(self, exc):
+        return super().handle_exception(parsers.api_error(exc))
+
     def paginated(self, queryset, serializer_class, **kwargs):
         page = self.paginate_queryset(queryset)
         return self.get_paginated_response(serializer_class(page, many=True, **kwargs).data)
 
-    def get_item(self, item_id, *, with_payload=True) -> Item:
+    def get_item(self, item_id, *, with_payload=True, with_final=False) -> Item:
         qs = Item.objects.live().filter(project=self.project)
         if with_payload:
             qs = qs.select_related("payload")
+        if with_final:  # the final label and its decider in the same query (read by item_detail)
+            qs = qs.select_related("final__decided_by")
         item = qs.filter(pk=item_id).first()
         if item is None:
             raise ApiError(404, "No such item in this project.")
@@ -141,18 +182,27 @@ class ApiView(GenericAPIView):
         return item
 
 
-def item_detail(item: Item, user, caps, project: Project) -> Item:
+_UNKNOWN = object()
+
+
+def item_detail(item: Item, user, caps, project: Project, *, lease=_UNKNOWN) -> Item:
     """Attach what `user` may see of `item` (read by ItemDetailSerializer).
 
     Everyone in the project sees the payload, the latest prediction and the final label;
-    reviewers and managers see every answer, everyone else only their own."""
+    reviewers and managers see every answer, everyone else only their own. `lease`: the user's
+    active lease when the caller has just taken or renewed it (saves reading it back)."""
     item.api_prediction = latest_prediction(item)
-    item.api_final = Final.objects.filter(item=item).select_related("decided_by").first()
+    if Item.final.is_cached(item):  # loaded with the item (get_item(with_final=True))
+        item.api_final = getattr(item, "final", None)
+    else:
+        item.api_final = Final.objects.filter(item=item).select_related("decided_by").first()
     answers = Answer.objects.filter(item=item).select_related("user", "reviewed_by").order_by("pk")
     if REVIEW not in caps:
         answers = answers.filter(user=user)
     item.api_answers = list(answers)
-    item.api_lease = Lease.objects.filter(item=item, user=user, expires_at__gt=timezone.now()).first()
+    if lease is _UNKNOWN:
+        lease = Lease.objects.filter(item=item, user=user, expires_at__gt=timezone.now()).first()
+    item.api_lease = lease
     item.api_agreement = (
         item_agreement(item) if REVIEW in caps and project.answers_per_item > 1 else None
     )
@@ -446,8 +496,11 @@ class NextItemView(ApiView):
         item = queue.next_item(self.project, request.user)
         if item is None:
             return Response(status=status.HTTP_204_NO_CONTENT)
-        item = self.get_item(item.pk)
-        return Response(s.ItemDetailSerializer(item_detail(item, request.user, self.project_caps, self.project)).data)
+        lease = getattr(item, "claimed_lease", None)
+        item = self.get_item(item.pk, with_final=True)
+        detail = item_detail(item, request.user, self.project_caps, self.project,
+                             **({"lease": lease} if lease is not None else {}))
+        return Response(s.ItemDetailSerializer(detail).data)
 
 
 class AnswerView(ApiView):
@@ -480,7 +533,11 @@ class AnswerView(ApiView):
                 answer, created = result.answer, result.created
         except AnswerError as exc:
             raise answer_error(exc) from None
-        answer = Answer.objects.select_related("user", "reviewed_by").get(pk=answer.pk)
+        if body["draft"]:
+            answer = Answer.objects.select_related("user", "reviewed_by").get(pk=answer.pk)
+        else:
+            # submit() returns the answer as stored; only its user (the caller) is not attached yet
+            answer.user = request.user
         return Response(s.AnswerSerializer(answer).data,
                         status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
@@ -571,7 +628,13 @@ class ImportListView(ApiView):
     """Upload a file to import (it runs in the background), and list past imports."""
 
     required_capability = MANAGE
-    parser_classes = [MultiPartParser, FormParser]
+    parser_classes = [parsers.MultiPartParser, parsers.FormParser]
+
+    def initial(self, request, *args, **kwargs):
+        if request.method == "POST":
+            # before anything reads the body: the size limit must see the upload as it streams in
+            request._request.upload_handlers.insert(0, ImportSizeLimit(request._request))
+        super().initial(request, *args, **kwargs)
 
     @extend_schema(operation_id="imports_list", summary="List imports",
                    tags=["imports"], parameters=[PROJECT_ID],
@@ -586,7 +649,11 @@ class ImportListView(ApiView):
                    request={"multipart/form-data": s.ImportUploadSerializer},
                    responses={202: s.ImportJobDetailSerializer, **errors(400, 401, 403, 404)})
     def post(self, request, project_id):
-        body = validated(s.ImportUploadSerializer, request.data).validated_data
+        data = request.data
+        if getattr(request._request, "import_upload_too_big", False):
+            message = importing._too_big(settings.IMPORT_MAX_BYTES)
+            raise ApiError(400, message, [{"field": "file", "message": message}])
+        body = validated(s.ImportUploadSerializer, data).validated_data
         upload = body["file"]
         try:
             job = importing.create_import_job(self.project, request.user, upload, upload.name, fmt=body["format"])
@@ -652,6 +719,174 @@ class ExportView(ApiView):
             raise ApiError(400, str(exc)) from None
         # the Django request: under ASGI the export then streams chunk by chunk
         return exporting.export_response(self.project, fmt, filters, request=request._request)
+
+
+# --- the model loop ---------------------------------------------------------------
+
+RUN_STATES = list(TrainingRun.Status.values)
+
+
+class JSONArrayLength(Func):
+    """The length of a JSON array column (0 for anything else), without loading the array."""
+
+    function = "JSON_ARRAY_LENGTH"
+    output_field = IntegerField()
+
+    def as_postgresql(self, compiler, connection, **extra_context):
+        sql, params = compiler.compile(self.source_expressions[0])
+        return (f"CASE WHEN jsonb_typeof({sql}) = 'array' THEN jsonb_array_length({sql}) ELSE 0 END",
+                (*params, *params))
+
+
+def model_versions(project: Project):
+    """The project's versions with `feedback_count`; the list of feedback ids itself stays in the database."""
+    return (ModelVersion.objects.filter(project=project).defer("feedback_ids")
+            .annotate(feedback_count=JSONArrayLength("feedback_ids")))
+
+
+RUN_ID = OpenApiParameter("run_id", OpenApiTypes.INT, OpenApiParameter.PATH, description="The training run.")
+VERSION_ID = OpenApiParameter("version_id", OpenApiTypes.INT, OpenApiParameter.PATH, description="The model version.")
+
+
+class RunMixin:
+    def get_run(self, run_id) -> TrainingRun:
+        run = (TrainingRun.objects.filter(project=self.project, pk=run_id)
+               .select_related("requested_by").first())
+        if run is None:
+            raise ApiError(404, "No such training run in this project.")
+        return run
+
+
+class RunListView(RunMixin, ApiView):
+    """Training runs, newest first ("Retrain now" with POST). Runs whose worker stopped sending heartbeats
+    are re-queued or failed on the way, as on the Models page."""
+
+    required_capability = MANAGE
+
+    @extend_schema(
+        operation_id="runs_list", summary="List training runs", tags=["models"],
+        parameters=[PROJECT_ID, OpenApiParameter("status", OpenApiTypes.STR, enum=RUN_STATES,
+                                                 description="Only runs in this state.")],
+        responses={200: s.TrainingRunSerializer(many=True), **errors(400, 401, 403, 404)},
+    )
+    def get(self, request, project_id):
+        try:
+            training.reap_stale_runs(project=self.project)
+        except Exception:  # noqa: BLE001 - the list shows what there is even if the reaper fails
+            log.exception("reaping stale runs of project %s failed", self.project.pk)
+        qs = TrainingRun.objects.filter(project=self.project).select_related("requested_by").defer("losses")
+        state = request.query_params.get("status", "")
+        if state:
+            if state not in RUN_STATES:
+                raise ApiError(400, f"Unknown status {state!r}; one of {', '.join(RUN_STATES)}.",
+                               [{"field": "status", "message": "unknown status"}])
+            qs = qs.filter(status=state)
+        return self.paginated(qs.order_by("-created_at", "-pk"), s.TrainingRunSerializer)
+
+    @extend_schema(
+        operation_id="runs_create", summary="Retrain now", tags=["models"], parameters=[PROJECT_ID],
+        request=s.RetrainSerializer,
+        responses={201: OpenApiResponse(s.TrainingRunDetailSerializer, description="A run is queued."),
+                   200: OpenApiResponse(s.TrainingRunDetailSerializer,
+                                        description="A run was queued already (a project has one queued run at "
+                                                    "most); it trains on every label there is when it starts."),
+                   **errors(400, 401, 403, 404, 409)},
+    )
+    def post(self, request, project_id):
+        body = validated(s.RetrainSerializer, request.data if isinstance(request.data, Mapping) else {})
+        reason = body.validated_data["reason"].strip() or f"requested by {request.user.get_username()}"
+        run, created = training.queue_run(self.project, request.user, reason=reason)
+        if run is None:  # the queued run was claimed by a worker at that very moment
+            raise ApiError(409, "A run was starting; try again.")
+        run = self.get_run(run.pk)
+        return Response(s.TrainingRunDetailSerializer(run).data,
+                        status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+
+class RunDetailView(RunMixin, ApiView):
+    """One training run with its loss curve."""
+
+    required_capability = MANAGE
+
+    @extend_schema(operation_id="run_retrieve", summary="Get a training run", tags=["models"],
+                   parameters=[PROJECT_ID, RUN_ID],
+                   responses={200: s.TrainingRunDetailSerializer, **errors(401, 403, 404)})
+    def get(self, request, project_id, run_id):
+        return Response(s.TrainingRunDetailSerializer(self.get_run(run_id)).data)
+
+
+class RunCancelView(RunMixin, ApiView):
+    """Cancel a run: a queued run at once (status `cancelled`), a running one at its next training step
+    (`cancel_requested` is set; the status follows). A run that is already over is a 409."""
+
+    required_capability = MANAGE
+
+    @extend_schema(operation_id="run_cancel", summary="Cancel a training run", tags=["models"],
+                   parameters=[PROJECT_ID, RUN_ID], request=None,
+                   responses={200: s.TrainingRunDetailSerializer, **errors(401, 403, 404, 409)})
+    def post(self, request, project_id, run_id):
+        run = self.get_run(run_id)
+        if training.cancel_run(run, request.user) == "finished":
+            run.refresh_from_db(fields=["status"])
+            raise ApiError(409, f"Run {run.pk} is already over ({run.status}).")
+        return Response(s.TrainingRunDetailSerializer(self.get_run(run_id)).data)
+
+
+class VersionMixin:
+    def get_version(self, version_id, *, detail=True) -> ModelVersion:
+        qs = model_versions(self.project)
+        if detail:
+            qs = qs.defer(None)
+        version = qs.filter(pk=version_id).first()
+        if version is None:
+            raise ApiError(404, "No such model version in this project.")
+        return version
+
+
+class VersionListView(ApiView):
+    """Model versions, newest first, with their held-out metrics and those of the version promoted when
+    they were trained (`baseline_metrics`)."""
+
+    required_capability = MANAGE
+
+    @extend_schema(operation_id="versions_list", summary="List model versions", tags=["models"],
+                   parameters=[PROJECT_ID],
+                   responses={200: s.ModelVersionSerializer(many=True), **errors(401, 403, 404)})
+    def get(self, request, project_id):
+        qs = model_versions(self.project).order_by("-created_at", "-pk")
+        return self.paginated(qs, s.ModelVersionSerializer)
+
+
+class VersionDetailView(VersionMixin, ApiView):
+    """One model version, with the [item_id, step] pairs it was trained on."""
+
+    required_capability = MANAGE
+
+    @extend_schema(operation_id="version_retrieve", summary="Get a model version", tags=["models"],
+                   parameters=[PROJECT_ID, VERSION_ID],
+                   responses={200: s.ModelVersionDetailSerializer, **errors(401, 403, 404)})
+    def get(self, request, project_id, version_id):
+        return Response(s.ModelVersionDetailSerializer(self.get_version(version_id)).data)
+
+
+class VersionPromoteView(VersionMixin, ApiView):
+    """Make a version the project's model (or restore an earlier one); the open items are re-scored.
+    Its files are checked against their hash first: a version whose files are missing or changed is a 409."""
+
+    required_capability = MANAGE
+
+    @extend_schema(operation_id="version_promote", summary="Promote a model version", tags=["models"],
+                   parameters=[PROJECT_ID, VERSION_ID], request=None,
+                   responses={200: OpenApiResponse(s.ModelVersionSerializer,
+                                                   description="Promoted now, or it already was the project's model."),
+                              **errors(401, 403, 404, 409)})
+    def post(self, request, project_id, version_id):
+        version = self.get_version(version_id, detail=False)
+        try:
+            training.promote(version, request.user)
+        except training.PromotionError as exc:
+            raise ApiError(409, str(exc)) from None
+        return Response(s.ModelVersionSerializer(self.get_version(version_id, detail=False)).data)
 
 
 # --- audit and kinds ------------------------------------------------------------

@@ -233,7 +233,7 @@ def item_detail(request, project, item_id):
 @project_view(MANAGE)
 def audit_log(request, project):
     qs = AuditEvent.objects.filter(project=project).select_related("actor")
-    verb = request.GET.get("verb", "")
+    verb = request.GET.get("verb", "").replace("\x00", "")  # PostgreSQL text cannot hold NUL
     if verb:
         qs = qs.filter(verb=verb)
     page_obj = Paginator(qs, 50).get_page(request.GET.get("page"))

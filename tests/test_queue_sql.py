@@ -1,0 +1,72 @@
+"""claim() and current_lease() run the queue's rule as SQL (annotation.queue._claimable_sql); it must
+agree with the claimable() queryset, which states the rule, item by item and in order."""
+
+from datetime import timedelta
+
+from django.db import connection
+from django.utils import timezone
+
+from annotation import queue
+from annotation.models import Answer, Item, Lease, Role, Skip
+
+from .factories import add_member, make_items, make_project
+
+
+def _sql_claimable(project, user, now, item):
+    sql, params = queue._claimable_sql(project, user, now, pk=item.pk, select="exists")
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchone() is not None
+
+
+def test_the_sql_rule_agrees_with_claimable(db):
+    project = make_project(answers_per_item=2)
+    me, other, third = (add_member(project, Role.ANNOTATOR) for _ in range(3))
+    items = make_items(project, count=10)
+    now = timezone.now()
+    for item, priority in zip(items, [0.5, 0.9, 0.1, 0.9, 0.3, 0.7, 0.2, 0.9, 0.4, 0.6]):
+        Item.objects.filter(pk=item.pk).update(priority=priority)
+    Answer.objects.create(item=items[0], user=me, status=Answer.Status.SUBMITTED, data={})  # answered by me
+    Answer.objects.create(item=items[1], user=me, status=Answer.Status.DRAFT, data={})  # a draft does not count
+    Item.objects.filter(pk=items[2].pk).update(answer_count=1)
+    Lease.objects.create(item=items[2], user=other, expires_at=now + timedelta(minutes=5))  # 1 + 1 held: full
+    Lease.objects.create(item=items[3], user=other, expires_at=now - timedelta(minutes=5))  # expired: free
+    Lease.objects.create(item=items[4], user=me, expires_at=now + timedelta(minutes=5))  # my own lease
+    Lease.objects.create(item=items[5], user=other, expires_at=now + timedelta(minutes=5))
+    Lease.objects.create(item=items[5], user=third, expires_at=now + timedelta(minutes=5))  # two held: full
+    Item.objects.filter(pk=items[6].pk).update(state=Item.State.DONE)
+    Item.objects.filter(pk=items[7].pk).update(state=Item.State.STAGED)
+    Skip.objects.create(item=items[8], user=me)
+
+    expected = set(queue.claimable(project, me, now).values_list("pk", flat=True))
+    assert expected == {items[i].pk for i in (1, 3, 4, 8, 9)}
+    assert {item.pk for item in items if _sql_claimable(project, me, now, item)} == expected
+
+    # claim() goes by priority, then import order, the skipped item last, and honours `exclude`
+    order, passed = [], []
+    while (item := queue.claim(project, me, exclude=passed, now=now)) is not None:
+        order.append(item.pk)
+        passed.append(item.pk)
+    ranked = list(queue.claimable(project, me, now).exclude(pk=items[8].pk).values_list("pk", flat=True))
+    assert order == ranked + [items[8].pk]
+
+
+def test_current_lease_is_the_oldest_active_unanswered_one(db):
+    project = make_project(answers_per_item=2)
+    me = add_member(project, Role.ANNOTATOR)
+    items = make_items(project, count=4)
+    now = timezone.now()
+    assert queue.current_lease(project, me, now) is None
+    Lease.objects.create(item=items[0], user=me, created_at=now - timedelta(minutes=9),
+                         expires_at=now - timedelta(minutes=1))  # expired
+    Lease.objects.create(item=items[1], user=me, created_at=now - timedelta(minutes=8),
+                         expires_at=now + timedelta(minutes=5))
+    Answer.objects.create(item=items[1], user=me, status=Answer.Status.SUBMITTED, data={})  # answered
+    Lease.objects.create(item=items[2], user=me, created_at=now - timedelta(minutes=3),
+                         expires_at=now + timedelta(minutes=5))
+    Lease.objects.create(item=items[3], user=me, created_at=now - timedelta(minutes=2),
+                         expires_at=now + timedelta(minutes=5))
+    lease = queue.current_lease(project, me, now)
+    assert lease.item_id == items[2].pk and lease.expires_at > now
+    Item.objects.filter(pk=items[2].pk).update(state=Item.State.DONE)
+    assert queue.current_lease(project, me, now).item_id == items[3].pk
