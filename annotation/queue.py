@@ -143,6 +143,18 @@ def claim(project: Project, user, *, exclude=(), now=None) -> Item | None:
                 item = next(iter(Item.objects.raw(sql, params)), None)
                 if item is not None:
                     break
+            if item is None and locking and len(passed) == len(exclude):
+                # Every claimable row is locked right now: a submit or another claim holds it until
+                # it commits (milliseconds). Wait for the best of them rather than answer "nothing
+                # left" while work remains; the re-check below decides once its lock is ours. Only
+                # while this claim holds no row lock yet (nothing passed after locking it), so two
+                # claimers never wait on each other's rows.
+                for skipped in (False, True):
+                    sql, params = _claimable_sql(project, user, now, skipped=skipped, exclude=passed)
+                    candidate = next(iter(Item.objects.raw(sql, params)), None)
+                    if candidate is not None:
+                        item = Item.objects.select_for_update(of=("self",)).get(pk=candidate.pk)
+                        break
             if item is None:
                 return None
             # Under READ COMMITTED the candidate query counts leases and answers in a snapshot

@@ -123,3 +123,46 @@ def test_one_user_in_two_tabs_among_others_on_sqlite():
         pytest.skip("the SQLite variant")
     project, users = setup_project(8)
     check_invariants(project, *run_workers(project, [users[0], *users]))
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_an_item_locked_by_a_submit_in_flight_is_waited_for_not_reported_as_none():
+    """SKIP LOCKED passes over rows that a concurrent transaction holds; when that leaves nothing, the
+    claimer waits for the locked candidate instead of telling the reviewer the queue is empty."""
+    if not on_postgres():
+        pytest.skip("needs PostgreSQL (set DATABASE_URL)")
+    project = make_project(answers_per_item=2, name="Locked")
+    first, second = add_member(project, Role.ANNOTATOR), add_member(project, Role.ANNOTATOR)
+    (item,) = make_items(project, count=1, n_steps=2)
+    assert queue.next_item(project, first).pk == item.pk
+    locked, release = threading.Event(), threading.Event()
+    errors = []
+
+    def submit_slowly():
+        try:
+            from django.db import transaction
+
+            with transaction.atomic():
+                Item.objects.select_for_update().get(pk=item.pk)  # what a submit holds until commit
+                locked.set()
+                release.wait(timeout=30)
+            answers.submit(item, first, full_answer(item))
+        except BaseException:  # noqa: BLE001 - reported below
+            errors.append(traceback.format_exc())
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=submit_slowly)
+    thread.start()
+    assert locked.wait(timeout=30)
+    got = []
+    claimer = threading.Thread(target=lambda: (got.append(queue.next_item(project, second)), connections.close_all()))
+    claimer.start()
+    claimer.join(timeout=1.0)
+    assert claimer.is_alive(), "the claimer should wait for the row lock, not give up"
+    release.set()
+    thread.join(timeout=30)
+    claimer.join(timeout=30)
+    assert not errors, errors
+    assert got and got[0] is not None and got[0].pk == item.pk
