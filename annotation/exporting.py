@@ -16,6 +16,7 @@ labels are copied into the output as they are stored (orjson.Fragment).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
@@ -384,23 +385,30 @@ def _close_thread_connection() -> None:
     connections[DEFAULT_DB_ALIAS].close()
 
 
-def _records(project: Project, filters: ExportFilters, *, decode: bool) -> Iterator[dict]:
+def _records(project: Project, filters: ExportFilters, *, decode: bool,
+             reads: frozenset[str] | None = None) -> Iterator[dict]:
     """One record at a time. Its stored JSON is decoded (decode=True) or wrapped as orjson.Fragment to be
     copied into the output as it is. Decoding happens record by record, just before use, so only one
-    decoded record is alive at a time (a whole decoded chunk would also make the garbage collector crawl)."""
+    decoded record is alive at a time (a whole decoded chunk would also make the garbage collector crawl).
+    With `reads`, only those parts are decoded; the others keep their JSON text."""
     wrap = orjson.loads if decode else orjson.Fragment
+
+    def part(name):
+        return wrap if reads is None or name in reads else (lambda text: text)
+
+    payload_of, prediction_of, answer_of, final_of = part("payload"), part("prediction"), part("answers"), part("final")
     project_block = None
     for chunk in _chunks(project, filters):
         for i, record in enumerate(chunk):
             chunk[i] = None
             if record["payload"] is not None:
-                record["payload"] = wrap(record["payload"])
+                record["payload"] = payload_of(record["payload"])
             if record["prediction"] is not None:
-                record["prediction"] = wrap(record["prediction"])
+                record["prediction"] = prediction_of(record["prediction"])
             for answer in record["answers"]:
-                answer["data"] = wrap(answer["data"])
+                answer["data"] = answer_of(answer["data"])
             if record["final"] is not None:
-                record["final"]["data"] = wrap(record["final"]["data"])
+                record["final"]["data"] = final_of(record["final"]["data"])
             if not decode:
                 if project_block is None:
                     project_block = orjson.Fragment(orjson.dumps(record["lineage"]["project"]))
@@ -429,7 +437,9 @@ def stream_export(project: Project, fmt: str, filters: ExportFilters | None = No
     filters = filters or ExportFilters()
     if fmt in CORE_FORMATS:
         return _jsonl(_records(project, filters, decode=False), spec)
-    records = _records(project, filters, decode=True)
+    if spec.final_only and not filters.final_only:
+        filters = dataclasses.replace(filters, final_only=True)  # the other items give no rows
+    records = _records(project, filters, decode=True, reads=spec.reads)
     return _csv(records, spec) if is_csv(spec) else _jsonl(records, spec)
 
 

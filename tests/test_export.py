@@ -174,6 +174,21 @@ def test_lfm_imitation_has_only_productive_final_steps(setup):
     assert rows[0]["inp"].startswith("Task: Put the apple in the fridge")
 
 
+@pytest.mark.parametrize("fmt", ["lfm_steps", "lfm_imitation", "csv"])
+def test_kind_formats_give_the_rows_of_every_full_record(setup, fmt):
+    """The step formats read only items with a final label and decode only what their rows read;
+    the result is the same as applying the rows to every fully decoded record."""
+    project = setup[0]
+    spec = available_formats(project)[fmt]
+    expected = [row for record in iter_records(project) for row in spec.rows(record)]
+    if fmt == "csv":
+        got = list(csv.reader(io.StringIO(export(project, fmt).decode())))[1:]
+        expected = [[str(v) for v in row] for row in expected]
+    else:
+        got = lines(export(project, fmt))
+    assert got and got == expected
+
+
 def test_csv_has_a_header_and_one_row_per_step(setup):
     project, _, _, items = setup
     text = export(project, "csv").decode()

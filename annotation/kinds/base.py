@@ -52,6 +52,11 @@ class ExportFormat:
     rows: Callable[[dict], Iterable[Any]]
     header: list[str] | None = None
     description: str = ""
+    # Rows only come from items with a final label: the export reads no others.
+    final_only: bool = False
+    # The parts of a record the rows read ("payload", "prediction", "answers", "final"); the others are
+    # left undecoded (their JSON text). None: all of them.
+    reads: frozenset[str] | None = None
 
 
 @dataclass

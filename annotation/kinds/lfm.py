@@ -410,6 +410,8 @@ LFM = register(
                 content_type="application/x-ndjson",
                 rows=lfm_step_rows,
                 description="{task, step, action, before, after, label, feedback} for steps with a final label.",
+                final_only=True,
+                reads=frozenset({"payload", "final"}),
             ),
             "lfm_imitation": ExportFormat(
                 name="lfm_imitation",
@@ -418,6 +420,8 @@ LFM = register(
                 content_type="application/x-ndjson",
                 rows=lfm_imitation_rows,
                 description="{inp, out} for the steps whose final label is productive.",
+                final_only=True,
+                reads=frozenset({"payload", "final"}),
             ),
             "csv": ExportFormat(
                 name="csv",
