@@ -1,6 +1,7 @@
 """Small builders for tests: users, projects with members, trajectories."""
 
 import itertools
+import time
 
 from django.contrib.auth import get_user_model
 
@@ -68,3 +69,14 @@ def full_answer(item, verdict="agree"):
 
 
 ROLES = [Role.MANAGER, Role.REVIEWER, Role.ANNOTATOR, Role.VIEWER]
+
+
+def wait_until(what, predicate, timeout, interval=0.05, logs=lambda: ""):
+    """predicate()'s first true value, polled every `interval` s; fails after `timeout` s with `logs()`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}\n{logs()}")

@@ -37,7 +37,7 @@ from rest_framework.authtoken.models import Token
 
 from annotation.models import Answer, AuditEvent, Final, Item, Lease, Role
 
-from .factories import add_member, make_items, make_project
+from .factories import add_member, make_items, make_project, wait_until
 
 pytestmark = [pytest.mark.fault]
 
@@ -78,16 +78,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_until(what, predicate, timeout, interval=0.05, logs=lambda: ""):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what}\n{logs()}")
 
 
 @dataclass

@@ -20,7 +20,7 @@ from django_tasks_db.models import DBTaskResult
 from annotation import answers, training
 from annotation.models import ModelVersion, Role, TrainingRun
 
-from .factories import add_member, full_answer, make_items, make_project
+from .factories import add_member, full_answer, make_items, make_project, wait_until
 from .test_training import build_tiny_bert
 
 pytestmark = [pytest.mark.slow, pytest.mark.fault, pytest.mark.django_db(transaction=True)]
@@ -92,13 +92,7 @@ def workers(tmp_path, tiny_model, settings):
 
 
 def wait_for(what, predicate, timeout, workers, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what}\n{workers.logs()}")
+    return wait_until(what, predicate, timeout, interval, logs=workers.logs)
 
 
 def training_in_progress(run_id, attempt):
