@@ -7,14 +7,16 @@ recomputed whenever the answers of an item change, unless a reviewer adjudicated
 """
 
 from dataclasses import dataclass
+from datetime import timezone as dt_timezone
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
 from . import live, queue, training
 from .agreement import resolve_unit
 from .kinds.base import ImportLineError
-from .models import Answer, AuditEvent, Final, Item, Prediction
+from .models import Answer, AuditEvent, Final, Item, ItemPayload, Lease, Prediction
 
 MAX_TIME_SPENT_MS = 24 * 3600 * 1000
 
@@ -35,8 +37,56 @@ class SubmitResult:
     created: bool  # False when the same answer was already stored (a double submit)
 
 
+# Reads of the review loop, written out in SQL: they run on every claim and submit, and compiling
+# them through the ORM cost several times what running them did.
+
+
+def _select(model, where: str, order: str = "") -> str:
+    qn = connection.ops.quote_name
+    columns = ", ".join(qn(f.column) for f in model._meta.concrete_fields)
+    return f"SELECT {columns} FROM {qn(model._meta.db_table)} WHERE {where}{order}"
+
+
 def latest_prediction(item: Item) -> Prediction | None:
-    return item.predictions.order_by("-created_at", "-pk").first()
+    """The item's newest prediction (read once per item object)."""
+    if not hasattr(item, "_latest_prediction"):
+        sql = _select(Prediction, "item_id = %s", " ORDER BY created_at DESC, id DESC LIMIT 1")
+        item._latest_prediction = next(iter(Prediction.objects.raw(sql, [item.pk])), None)
+    return item._latest_prediction
+
+
+def payload_of(item: Item) -> ItemPayload:
+    return next(iter(ItemPayload.objects.raw(_select(ItemPayload, "item_id = %s"), [item.pk])))
+
+
+def live_item(project, item_id: int, *, with_payload: bool = True) -> Item | None:
+    """An item of the project that finished importing, or None; with its payload in the same query."""
+    if not 0 < int(item_id) < 2**63:  # no row has such an id (and the database could not even compare it)
+        return None
+    qn = connection.ops.quote_name
+    columns = ", ".join(f"i.{qn(f.column)}" for f in Item._meta.concrete_fields)
+    sql = f"SELECT {columns}"
+    if with_payload:
+        sql += f", p.{qn('data')} AS payload_data"
+    sql += f" FROM {qn(Item._meta.db_table)} i"
+    if with_payload:
+        sql += f" JOIN {qn(ItemPayload._meta.db_table)} p ON p.item_id = i.id"
+    sql += " WHERE i.id = %s AND i.project_id = %s AND i.state <> %s"
+    item = next(iter(Item.objects.raw(sql, [item_id, project.pk, Item.State.STAGED.value])), None)
+    if item is not None and with_payload:
+        field = ItemPayload._meta.get_field("data")
+        item.payload = ItemPayload(item=item, data=field.from_db_value(item.__dict__.pop("payload_data"), None,
+                                                                        connection))
+        item.payload._state.adding, item.payload._state.db = False, connection.alias
+    return item
+
+
+def own_answers(item: Item, user) -> list[Answer]:
+    """The user's answer to the item (draft or not), as a list of zero or one, with its user attached."""
+    answers = list(Answer.objects.raw(_select(Answer, "item_id = %s AND user_id = %s"), [item.pk, user.pk]))
+    for answer in answers:
+        answer.user = user
+    return answers
 
 
 def _clean(item: Item, data: dict, *, final: bool) -> tuple[dict, str]:
@@ -76,15 +126,46 @@ def save_draft(item: Item, user, data: dict, time_spent_ms=0) -> Answer:
     return answer
 
 
+def _lock(item: Item) -> Item:
+    """The item's row, read again under its row lock (a plain read on SQLite, whose write transactions
+    already hold the database's lock), with the caller's project and payload attached."""
+    sql = _select(Item, "id = %s")
+    if connection.features.has_select_for_update:
+        sql += " FOR UPDATE"
+    locked = next(iter(Item.objects.raw(sql, [item.pk])))
+    locked.project = item.project  # resolve_final reads both: no second query for either
+    if Item.payload.is_cached(item):
+        locked.payload = item.payload
+    return locked
+
+
+def _leases(item: Item, user, now) -> tuple[bool, int, object]:
+    """(the user holds an active lease, active leases of others, when the user's lease began or None)."""
+    qn = connection.ops.quote_name
+    at = connection.ops.adapt_datetimefield_value(now)
+    sql = ("SELECT COALESCE(SUM(CASE WHEN user_id = %s AND expires_at > %s THEN 1 ELSE 0 END), 0),"
+           " COALESCE(SUM(CASE WHEN user_id <> %s AND expires_at > %s THEN 1 ELSE 0 END), 0),"
+           " MIN(CASE WHEN user_id = %s THEN created_at END)"
+           f" FROM {qn(Lease._meta.db_table)} WHERE item_id = %s")
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [user.pk, at, user.pk, at, user.pk, item.pk])
+        own, others, began = cursor.fetchone()
+    if isinstance(began, str):  # SQLite hands an aggregate's datetime back as text
+        began = parse_datetime(began)
+    if began is not None and timezone.is_naive(began):
+        began = timezone.make_aware(began, dt_timezone.utc)
+    return bool(own), int(others), began
+
+
 def submit(item: Item, user, data: dict, time_spent_ms=0) -> SubmitResult:
     """Store the user's answer once. A second identical submit returns the stored answer; a changed
     one is an edit (audited) as long as no reviewer has adjudicated the item."""
     cleaned, model_version = _clean(item, data, final=True)
     project = item.project
     with transaction.atomic():
-        locked = Item.objects.select_for_update().get(pk=item.pk)
-        locked.project = project  # resolve_final reads it: no second query for the project
-        answer = Answer.objects.filter(item=locked, user=user).first()
+        locked = _lock(item)
+        answer = next(iter(Answer.objects.raw(_select(Answer, "item_id = %s AND user_id = %s"),
+                                              [locked.pk, user.pk])), None)
         if answer is not None and answer.status == Answer.Status.SUBMITTED:
             if answer.data == cleaned:
                 return SubmitResult(answer, created=False)
@@ -105,12 +186,10 @@ def submit(item: Item, user, data: dict, time_spent_ms=0) -> SubmitResult:
         if locked.answer_count >= project.answers_per_item:
             raise AnswerError("This item already has all the answers it needs; your draft is kept.", status=409)
         now = timezone.now()
-        active = locked.leases.filter(expires_at__gt=now)
-        if not active.filter(user=user).exists():
-            held_by_others = active.exclude(user=user).count()
-            if locked.answer_count + held_by_others >= project.answers_per_item:
-                raise AnswerError("Other reviewers hold every open place on this item; your draft is kept.",
-                                  status=409)
+        holds_lease, held_by_others, lease_began = _leases(locked, user, now)
+        if not holds_lease and locked.answer_count + held_by_others >= project.answers_per_item:
+            raise AnswerError("Other reviewers hold every open place on this item; your draft is kept.",
+                              status=409)
         if answer is None:
             answer = Answer(item=locked, user=user)
         answer.data = cleaned
@@ -119,44 +198,56 @@ def submit(item: Item, user, data: dict, time_spent_ms=0) -> SubmitResult:
         answer.model_version = model_version
         answer.guidelines_version = project.guidelines_version
         answer.time_spent_ms = max(answer.time_spent_ms, _time(time_spent_ms))
-        if not answer.time_spent_ms:
-            lease = locked.leases.filter(user=user).first()
-            if lease is not None:
-                answer.time_spent_ms = _time((now - lease.created_at).total_seconds() * 1000)
+        if not answer.time_spent_ms and lease_began is not None:
+            answer.time_spent_ms = _time((now - lease_began).total_seconds() * 1000)
         answer.save()
-        locked.answer_count += 1
-        locked.save(update_fields=["answer_count"])
-        locked.leases.filter(user=user).delete()
+        if lease_began is not None:
+            with connection.cursor() as cursor:
+                cursor.execute(f"DELETE FROM {connection.ops.quote_name(Lease._meta.db_table)}"
+                               " WHERE item_id = %s AND user_id = %s", [locked.pk, user.pk])
         AuditEvent.record(actor=user, verb="answer.submitted", obj=answer, project=project, after=cleaned)
-        resolve_final(locked)
+        locked.answer_count += 1
+        resolve_final(locked, changed=["answer_count"])
     live.project_changed(project.pk)
     return SubmitResult(answer, created=True)
 
 
-def resolve_final(item: Item) -> Final | None:
-    """Apply the final-label rule to a locked item and set its state. Call inside a transaction."""
+def resolve_final(item: Item, *, changed: list[str] | None = None) -> Final | None:
+    """Apply the final-label rule to a locked item and set its state. Call inside a transaction.
+    `changed`: other fields of the item the caller changed, saved in the same UPDATE as the state."""
     project = item.project
+    fields = list(changed or [])
+
+    def save(state=None):
+        if state is not None and item.state != state:
+            item.state = state
+            fields.append("state")
+        if fields:
+            item.save(update_fields=fields)
+
     if project.retrain_every > 0:  # 0: automatic training is off, nothing to check after commit
         training.labels_changed(project.pk)  # after commit: queue a training run when enough new labels came in
+    # An open item has no final label: one is written only together with the state final (here and in
+    # adjudicate) and deleted whenever the state goes back to open. The common submit needs no read.
+    no_final = item.state == Item.State.OPEN
     if item.answer_count < project.answers_per_item:
+        if no_final:
+            save()
+            return None
         # One read in the common case (no final label at all); a delete only when there is one to drop.
         methods = set(Final.objects.filter(item=item).values_list("method", flat=True))
         if methods - {Final.Method.ADJUDICATED}:
             Final.objects.filter(item=item).exclude(method=Final.Method.ADJUDICATED).delete()
-        new_state = Item.State.FINAL if Final.Method.ADJUDICATED in methods else Item.State.OPEN
-        if item.state != new_state:
-            item.state = new_state
-            item.save(update_fields=["state"])
+        save(Item.State.FINAL if Final.Method.ADJUDICATED in methods else Item.State.OPEN)
         return None
-    existing = Final.objects.filter(item=item).first()
+    existing = None if no_final else Final.objects.filter(item=item).first()
     if existing is not None and existing.method == Final.Method.ADJUDICATED:
-        if item.state != Item.State.FINAL:
-            item.state = Item.State.FINAL
-            item.save(update_fields=["state"])
+        save(Item.State.FINAL)
         return existing
     kind = project.kind_spec
     payload = item.payload.data
-    answers = list(item.answers.filter(status=Answer.Status.SUBMITTED).values_list("data", flat=True))
+    answers = [a.data for a in Answer.objects.raw(_select(Answer, "item_id = %s AND status = %s", " ORDER BY id"),
+                                                  [item.pk, Answer.Status.SUBMITTED.value])]
     per_unit = [kind.unit_labels(a) for a in answers]
     resolved, methods = {}, {}
     unresolved = False
@@ -166,19 +257,17 @@ def resolve_final(item: Item) -> Final | None:
             unresolved = True
         resolved[unit], methods[unit] = label, method
     if unresolved:
-        Final.objects.filter(item=item).delete()
-        if item.state != Item.State.DONE:
-            item.state = Item.State.DONE
-            item.save(update_fields=["state"])
+        if not no_final:
+            Final.objects.filter(item=item).delete()
+        save(Item.State.DONE)
         return None
     method = Final.Method.MAJORITY if "majority" in methods.values() else Final.Method.UNANIMOUS
-    data = kind.build_final(payload, answers, resolved, methods)
-    final, _ = Final.objects.update_or_create(
-        item=item, defaults={"data": data, "method": method, "decided_by": None, "decided_at": timezone.now()}
-    )
-    if item.state != Item.State.FINAL:
-        item.state = Item.State.FINAL
-        item.save(update_fields=["state"])
+    final = Final(item=item, data=kind.build_final(payload, answers, resolved, methods), method=method,
+                  decided_by=None, decided_at=timezone.now())
+    # One upsert: replaces an earlier majority or unanimous label (an adjudicated one returned above)
+    Final.objects.bulk_create([final], update_conflicts=True, unique_fields=["item"],
+                              update_fields=["data", "method", "decided_by", "decided_at"])
+    save(Item.State.FINAL)
     return final
 
 

@@ -169,12 +169,17 @@ def claim(project: Project, user, *, exclude=(), now=None) -> Item | None:
                 if cursor.fetchone() is not None:
                     break
             passed.append(item.pk)
-        # One upsert (we hold the item's row lock, so no other claimer races us for it; an old
+        # One upsert, in SQL (we hold the item's row lock, so no other claimer races us for it; an old
         # expired lease of this user on the item is taken over).
         lease = Lease(item=item, user=user, created_at=now, expires_at=now + lease_length(project))
-        Lease.objects.bulk_create(
-            [lease], update_conflicts=True, unique_fields=["item", "user"], update_fields=["created_at", "expires_at"],
-        )
+        qn = connection.ops.quote_name
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"INSERT INTO {qn(Lease._meta.db_table)} (item_id, user_id, created_at, expires_at)"
+                " VALUES (%s, %s, %s, %s) ON CONFLICT (item_id, user_id)"
+                " DO UPDATE SET created_at = excluded.created_at, expires_at = excluded.expires_at",
+                [item.pk, user.pk, connection.ops.adapt_datetimefield_value(lease.created_at),
+                 connection.ops.adapt_datetimefield_value(lease.expires_at)])
     item.claimed_lease = lease  # the lease as stored (no query to read it back)
     return item
 

@@ -30,6 +30,9 @@ from ..answers import (
     AnswerError,
     adjudicate,
     latest_prediction,
+    live_item,
+    own_answers,
+    payload_of,
     reresolve_project,
     review_answer,
     save_draft,
@@ -170,11 +173,16 @@ class ApiView(GenericAPIView):
         return self.get_paginated_response(serializer_class(page, many=True, **kwargs).data)
 
     def get_item(self, item_id, *, with_payload=True, with_final=False) -> Item:
-        qs = Item.objects.live().filter(project=self.project)
+        if not with_final:
+            item = live_item(self.project, item_id, with_payload=with_payload)
+            if item is None:
+                raise ApiError(404, "No such item in this project.")
+            item.project = self.project
+            return item
+        # the final label and its decider in the same query (read by item_detail)
+        qs = Item.objects.live().filter(project=self.project).select_related("final__decided_by")
         if with_payload:
             qs = qs.select_related("payload")
-        if with_final:  # the final label and its decider in the same query (read by item_detail)
-            qs = qs.select_related("final__decided_by")
         item = qs.filter(pk=item_id).first()
         if item is None:
             raise ApiError(404, "No such item in this project.")
@@ -192,14 +200,16 @@ def item_detail(item: Item, user, caps, project: Project, *, lease=_UNKNOWN) -> 
     reviewers and managers see every answer, everyone else only their own. `lease`: the user's
     active lease when the caller has just taken or renewed it (saves reading it back)."""
     item.api_prediction = latest_prediction(item)
-    if Item.final.is_cached(item):  # loaded with the item (get_item(with_final=True))
+    if hasattr(item, "api_final"):  # already known to the caller
+        pass
+    elif Item.final.is_cached(item):  # loaded with the item (get_item(with_final=True))
         item.api_final = getattr(item, "final", None)
     else:
         item.api_final = Final.objects.filter(item=item).select_related("decided_by").first()
-    answers = Answer.objects.filter(item=item).select_related("user", "reviewed_by").order_by("pk")
-    if REVIEW not in caps:
-        answers = answers.filter(user=user)
-    item.api_answers = list(answers)
+    if REVIEW in caps:
+        item.api_answers = list(Answer.objects.filter(item=item).select_related("user", "reviewed_by").order_by("pk"))
+    else:
+        item.api_answers = own_answers(item, user)
     if lease is _UNKNOWN:
         lease = Lease.objects.filter(item=item, user=user, expires_at__gt=timezone.now()).first()
     item.api_lease = lease
@@ -496,10 +506,13 @@ class NextItemView(ApiView):
         item = queue.next_item(self.project, request.user)
         if item is None:
             return Response(status=status.HTTP_204_NO_CONTENT)
-        lease = getattr(item, "claimed_lease", None)
-        item = self.get_item(item.pk, with_final=True)
-        detail = item_detail(item, request.user, self.project_caps, self.project,
-                             **({"lease": lease} if lease is not None else {}))
+        # The claim returned the item's row and the lease: only the payload is left to read. A claimable
+        # item is open, and an open item has no final label (resolve_final), so none is looked up.
+        item.project = self.project
+        item.payload = payload_of(item)
+        if item.state == Item.State.OPEN:
+            item.api_final = None
+        detail = item_detail(item, request.user, self.project_caps, self.project, lease=item.claimed_lease)
         return Response(s.ItemDetailSerializer(detail).data)
 
 
