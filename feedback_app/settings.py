@@ -186,6 +186,8 @@ WHITENOISE_USE_FINDERS = DEBUG
 # Uploads: large import files stream to disk, never into memory.
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 IMPORT_MAX_BYTES = int(os.environ.get("IMPORT_MAX_BYTES", 2 * 1024**3))
+# Threads per web process that run requests (feedback_app/asgi.py); keep DATABASE_POOL_SIZE at least as large.
+WEB_THREADS = int(os.environ.get("WEB_THREADS", "10"))
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 
 # Cookies and transport security. Off only where explicitly allowed (plain-HTTP local runs).

@@ -58,12 +58,12 @@ if delay:
     original = answers.resolve_final
     markers = os.environ["FAULT_MARKERS"]
 
-    def held_resolve_final(item):
+    def held_resolve_final(item, **kwargs):
         user_id = item.answers.order_by("-pk").values_list("user_id", flat=True).first()
         marker = os.path.join(markers, f"{item.pk}-{user_id}")
         open(marker, "w").close()
         time.sleep(delay)
-        result = original(item)
+        result = original(item, **kwargs)
         os.remove(marker)
         return result
 
