@@ -13,7 +13,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from . import live, queue, training
+from . import live, queue, rawsql, training
 from .agreement import resolve_unit
 from .kinds.base import ImportLineError
 from .models import Answer, AuditEvent, Final, Item, ItemPayload, Lease, Prediction
@@ -37,53 +37,45 @@ class SubmitResult:
     created: bool  # False when the same answer was already stored (a double submit)
 
 
-# Reads of the review loop, written out in SQL: they run on every claim and submit, and compiling
-# them through the ORM cost several times what running them did.
-
-
-def _select(model, where: str, order: str = "") -> str:
-    qn = connection.ops.quote_name
-    columns = ", ".join(qn(f.column) for f in model._meta.concrete_fields)
-    return f"SELECT {columns} FROM {qn(model._meta.db_table)} WHERE {where}{order}"
+# Reads of the review loop, written out in SQL (annotation/rawsql.py): they run on every claim and
+# submit, and compiling them through the ORM cost several times what running them did.
 
 
 def latest_prediction(item: Item) -> Prediction | None:
     """The item's newest prediction (read once per item object)."""
     if not hasattr(item, "_latest_prediction"):
-        sql = _select(Prediction, "item_id = %s", " ORDER BY created_at DESC, id DESC LIMIT 1")
-        item._latest_prediction = next(iter(Prediction.objects.raw(sql, [item.pk])), None)
+        sql = rawsql.select(Prediction, "item_id = %s", " ORDER BY created_at DESC, id DESC LIMIT 1")
+        item._latest_prediction = rawsql.first(Prediction, sql, [item.pk])
     return item._latest_prediction
 
 
 def payload_of(item: Item) -> ItemPayload:
-    return next(iter(ItemPayload.objects.raw(_select(ItemPayload, "item_id = %s"), [item.pk])))
+    return rawsql.first(ItemPayload, rawsql.select(ItemPayload, "item_id = %s"), [item.pk])
 
 
 def live_item(project, item_id: int, *, with_payload: bool = True) -> Item | None:
     """An item of the project that finished importing, or None; with its payload in the same query."""
     if not 0 < int(item_id) < 2**63:  # no row has such an id (and the database could not even compare it)
         return None
-    qn = connection.ops.quote_name
-    columns = ", ".join(f"i.{qn(f.column)}" for f in Item._meta.concrete_fields)
-    sql = f"SELECT {columns}"
+    payload_field = ItemPayload._meta.get_field("data")
+    sql = f"SELECT {rawsql.columns(Item, 'i')}"
     if with_payload:
-        sql += f", p.{qn('data')} AS payload_data"
-    sql += f" FROM {qn(Item._meta.db_table)} i"
+        sql += f", p.{rawsql.qn(payload_field.column)}"
+    sql += f" FROM {rawsql.table(Item)} i"
     if with_payload:
-        sql += f" JOIN {qn(ItemPayload._meta.db_table)} p ON p.item_id = i.id"
+        sql += f" JOIN {rawsql.table(ItemPayload)} p ON p.item_id = i.id"
     sql += " WHERE i.id = %s AND i.project_id = %s AND i.state <> %s"
-    item = next(iter(Item.objects.raw(sql, [item_id, project.pk, Item.State.STAGED.value])), None)
+    item = rawsql.first(Item, sql, [item_id, project.pk, Item.State.STAGED.value],
+                        extra={"payload_data": payload_field} if with_payload else None)
     if item is not None and with_payload:
-        field = ItemPayload._meta.get_field("data")
-        item.payload = ItemPayload(item=item, data=field.from_db_value(item.__dict__.pop("payload_data"), None,
-                                                                        connection))
-        item.payload._state.adding, item.payload._state.db = False, connection.alias
+        item.payload = ItemPayload(item=item, data=item.__dict__.pop("payload_data"))
+        item.payload._state.adding, item.payload._state.db = False, item._state.db
     return item
 
 
 def own_answers(item: Item, user) -> list[Answer]:
     """The user's answer to the item (draft or not), as a list of zero or one, with its user attached."""
-    answers = list(Answer.objects.raw(_select(Answer, "item_id = %s AND user_id = %s"), [item.pk, user.pk]))
+    answers = rawsql.rows(Answer, rawsql.select(Answer, "item_id = %s AND user_id = %s"), [item.pk, user.pk])
     for answer in answers:
         answer.user = user
     return answers
@@ -129,10 +121,8 @@ def save_draft(item: Item, user, data: dict, time_spent_ms=0) -> Answer:
 def _lock(item: Item) -> Item:
     """The item's row, read again under its row lock (a plain read on SQLite, whose write transactions
     already hold the database's lock), with the caller's project and payload attached."""
-    sql = _select(Item, "id = %s")
-    if connection.features.has_select_for_update:
-        sql += " FOR UPDATE"
-    locked = next(iter(Item.objects.raw(sql, [item.pk])))
+    lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
+    locked = rawsql.first(Item, rawsql.select(Item, "id = %s", lock), [item.pk])
     locked.project = item.project  # resolve_final reads both: no second query for either
     if Item.payload.is_cached(item):
         locked.payload = item.payload
@@ -141,12 +131,11 @@ def _lock(item: Item) -> Item:
 
 def _leases(item: Item, user, now) -> tuple[bool, int, object]:
     """(the user holds an active lease, active leases of others, when the user's lease began or None)."""
-    qn = connection.ops.quote_name
     at = connection.ops.adapt_datetimefield_value(now)
     sql = ("SELECT COALESCE(SUM(CASE WHEN user_id = %s AND expires_at > %s THEN 1 ELSE 0 END), 0),"
            " COALESCE(SUM(CASE WHEN user_id <> %s AND expires_at > %s THEN 1 ELSE 0 END), 0),"
            " MIN(CASE WHEN user_id = %s THEN created_at END)"
-           f" FROM {qn(Lease._meta.db_table)} WHERE item_id = %s")
+           f" FROM {rawsql.table(Lease)} WHERE item_id = %s")
     with connection.cursor() as cursor:
         cursor.execute(sql, [user.pk, at, user.pk, at, user.pk, item.pk])
         own, others, began = cursor.fetchone()
@@ -164,8 +153,7 @@ def submit(item: Item, user, data: dict, time_spent_ms=0) -> SubmitResult:
     project = item.project
     with transaction.atomic():
         locked = _lock(item)
-        answer = next(iter(Answer.objects.raw(_select(Answer, "item_id = %s AND user_id = %s"),
-                                              [locked.pk, user.pk])), None)
+        answer = rawsql.first(Answer, rawsql.select(Answer, "item_id = %s AND user_id = %s"), [locked.pk, user.pk])
         if answer is not None and answer.status == Answer.Status.SUBMITTED:
             if answer.data == cleaned:
                 return SubmitResult(answer, created=False)
@@ -203,7 +191,7 @@ def submit(item: Item, user, data: dict, time_spent_ms=0) -> SubmitResult:
         answer.save()
         if lease_began is not None:
             with connection.cursor() as cursor:
-                cursor.execute(f"DELETE FROM {connection.ops.quote_name(Lease._meta.db_table)}"
+                cursor.execute(f"DELETE FROM {rawsql.table(Lease)}"
                                " WHERE item_id = %s AND user_id = %s", [locked.pk, user.pk])
         AuditEvent.record(actor=user, verb="answer.submitted", obj=answer, project=project, after=cleaned)
         locked.answer_count += 1
@@ -246,8 +234,8 @@ def resolve_final(item: Item, *, changed: list[str] | None = None) -> Final | No
         return existing
     kind = project.kind_spec
     payload = item.payload.data
-    answers = [a.data for a in Answer.objects.raw(_select(Answer, "item_id = %s AND status = %s", " ORDER BY id"),
-                                                  [item.pk, Answer.Status.SUBMITTED.value])]
+    answers = [a.data for a in rawsql.rows(Answer, rawsql.select(Answer, "item_id = %s AND status = %s", " ORDER BY id"),
+                                           [item.pk, Answer.Status.SUBMITTED.value])]
     per_unit = [kind.unit_labels(a) for a in answers]
     resolved, methods = {}, {}
     unresolved = False

@@ -9,10 +9,10 @@ from functools import wraps
 
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.db import connection
 from django.http import Http404
 from django.shortcuts import get_object_or_404
 
+from . import rawsql
 from .models import Membership, Project, Role
 
 VIEW = "view"  # dashboard, items, final labels
@@ -57,11 +57,9 @@ def capabilities(user, project) -> set[str]:
 def _member_project(project_id: int, user_id: int) -> Project | None:
     """The project with the user's role as `member_role`, or None for a non-member. Written out in SQL:
     every project page and API call runs it, and compiling it through the ORM cost more than running it."""
-    qn = connection.ops.quote_name
-    columns = ", ".join(f"p.{qn(f.column)}" for f in Project._meta.concrete_fields)
-    sql = (f"SELECT {columns}, m.{qn('role')} AS member_role FROM {qn(Project._meta.db_table)} p"
-           f" JOIN {qn(Membership._meta.db_table)} m ON m.project_id = p.id WHERE p.id = %s AND m.user_id = %s")
-    return next(iter(Project.objects.raw(sql, [project_id, user_id])), None)
+    sql = (f"SELECT {rawsql.columns(Project, 'p')}, m.{rawsql.qn('role')} FROM {rawsql.table(Project)} p"
+           f" JOIN {rawsql.table(Membership)} m ON m.project_id = p.id WHERE p.id = %s AND m.user_id = %s")
+    return rawsql.first(Project, sql, [project_id, user_id], extra={"member_role": None})
 
 
 def get_project_for(user, project_id, capability: str) -> Project:

@@ -21,6 +21,7 @@ from django.db.models import Count, Exists, F, IntegerField, OuterRef, Subquery,
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from . import rawsql
 from .models import Answer, Item, Lease, Project, Skip
 
 
@@ -58,19 +59,17 @@ def current_lease(project: Project, user, now=None):
     first), or None. Written out in SQL: next_item runs it on every call, and it usually finds
     nothing (the item is then read only when there is a lease)."""
     now = now or timezone.now()
-    qn = connection.ops.quote_name
-    columns = ", ".join(f"l.{qn(f.column)}" for f in Lease._meta.concrete_fields)
     sql = (
-        f"SELECT {columns} FROM {qn(Lease._meta.db_table)} l"
-        f" JOIN {qn(Item._meta.db_table)} i ON i.id = l.item_id"
+        f"SELECT {rawsql.columns(Lease, 'l')} FROM {rawsql.table(Lease)} l"
+        f" JOIN {rawsql.table(Item)} i ON i.id = l.item_id"
         " WHERE i.project_id = %s AND l.user_id = %s AND l.expires_at > %s AND i.state = %s"
-        f" AND NOT EXISTS (SELECT 1 FROM {qn(Answer._meta.db_table)} a"
+        f" AND NOT EXISTS (SELECT 1 FROM {rawsql.table(Answer)} a"
         " WHERE a.item_id = l.item_id AND a.user_id = %s AND a.status <> %s)"
         " ORDER BY l.created_at ASC LIMIT 1"
     )
     params = [project.pk, user.pk, connection.ops.adapt_datetimefield_value(now), Item.State.OPEN.value,
               user.pk, Answer.Status.DRAFT.value]
-    return next(iter(Lease.objects.raw(sql, params)), None)
+    return rawsql.first(Lease, sql, params)
 
 
 def next_item(project: Project, user) -> Item | None:
@@ -94,9 +93,8 @@ def _claimable_sql(project: Project, user, now, *, skipped: bool | None = None, 
     per claim was the largest single CPU cost of taking an item. `skipped`: True only items the user
     skipped, False none of them, None either. `select`: "item" (every column, best first, LIMIT 1)
     or "exists"."""
-    qn = connection.ops.quote_name
-    item_t, answer_t = qn(Item._meta.db_table), qn(Answer._meta.db_table)
-    lease_t, skip_t = qn(Lease._meta.db_table), qn(Skip._meta.db_table)
+    item_t, answer_t = rawsql.table(Item), rawsql.table(Answer)
+    lease_t, skip_t = rawsql.table(Lease), rawsql.table(Skip)
     at = connection.ops.adapt_datetimefield_value(now)
     where = [
         "i.project_id = %s", "i.state = %s",
@@ -119,8 +117,7 @@ def _claimable_sql(project: Project, user, now, *, skipped: bool | None = None, 
         params.append(pk)
     if select == "exists":
         return f"SELECT 1 FROM {item_t} i WHERE {' AND '.join(where)} LIMIT 1", params
-    columns = ", ".join(f"i.{qn(f.column)}" for f in Item._meta.concrete_fields)
-    sql = (f"SELECT {columns} FROM {item_t} i WHERE {' AND '.join(where)} "
+    sql = (f"SELECT {rawsql.columns(Item, 'i')} FROM {item_t} i WHERE {' AND '.join(where)} "
            "ORDER BY i.priority DESC, i.seq ASC LIMIT 1")
     if lock:
         sql += " FOR UPDATE OF i SKIP LOCKED"
@@ -140,7 +137,7 @@ def claim(project: Project, user, *, exclude=(), now=None) -> Item | None:
             # Items the user skipped come last: first everything else (in index order), then the skipped ones.
             for skipped in (False, True):
                 sql, params = _claimable_sql(project, user, now, skipped=skipped, exclude=passed, lock=locking)
-                item = next(iter(Item.objects.raw(sql, params)), None)
+                item = rawsql.first(Item, sql, params)
                 if item is not None:
                     break
             if item is None and locking and len(passed) == len(exclude):
@@ -151,7 +148,7 @@ def claim(project: Project, user, *, exclude=(), now=None) -> Item | None:
                 # claimers never wait on each other's rows.
                 for skipped in (False, True):
                     sql, params = _claimable_sql(project, user, now, skipped=skipped, exclude=passed)
-                    candidate = next(iter(Item.objects.raw(sql, params)), None)
+                    candidate = rawsql.first(Item, sql, params)
                     if candidate is not None:
                         item = Item.objects.select_for_update(of=("self",)).get(pk=candidate.pk)
                         break
@@ -172,10 +169,9 @@ def claim(project: Project, user, *, exclude=(), now=None) -> Item | None:
         # One upsert, in SQL (we hold the item's row lock, so no other claimer races us for it; an old
         # expired lease of this user on the item is taken over).
         lease = Lease(item=item, user=user, created_at=now, expires_at=now + lease_length(project))
-        qn = connection.ops.quote_name
         with connection.cursor() as cursor:
             cursor.execute(
-                f"INSERT INTO {qn(Lease._meta.db_table)} (item_id, user_id, created_at, expires_at)"
+                f"INSERT INTO {rawsql.table(Lease)} (item_id, user_id, created_at, expires_at)"
                 " VALUES (%s, %s, %s, %s) ON CONFLICT (item_id, user_id)"
                 " DO UPDATE SET created_at = excluded.created_at, expires_at = excluded.expires_at",
                 [item.pk, user.pk, connection.ops.adapt_datetimefield_value(lease.created_at),

@@ -6,28 +6,23 @@ inactive user "User inactive or deleted.".
 """
 
 from django.contrib.auth import get_user_model
-from django.db import connection
 from django.utils.translation import gettext_lazy as _
 from rest_framework import authentication, exceptions
 from rest_framework.authtoken.models import Token
+
+from .. import rawsql
 
 
 class TokenAuthentication(authentication.TokenAuthentication):
     def authenticate_credentials(self, key):
         User = get_user_model()
-        qn = connection.ops.quote_name
-        columns = [f.column for f in User._meta.concrete_fields]
-        sql = (f"SELECT {', '.join('u.' + qn(c) for c in columns)}, t.{qn('created')}"
-               f" FROM {qn(User._meta.db_table)} u JOIN {qn(Token._meta.db_table)} t ON t.{qn('user_id')} = u.id"
-               f" WHERE t.{qn('key')} = %s")
-        with connection.cursor() as cursor:
-            cursor.execute(sql, [key])
-            row = cursor.fetchone()
-        if row is None:
+        sql = (f"SELECT {rawsql.columns(User, 'u')}, t.{rawsql.qn('created')} FROM {rawsql.table(User)} u"
+               f" JOIN {rawsql.table(Token)} t ON t.{rawsql.qn('user_id')} = u.id WHERE t.{rawsql.qn('key')} = %s")
+        user = rawsql.first(User, sql, [key], extra={"token_created": Token._meta.get_field("created")})
+        if user is None:
             raise exceptions.AuthenticationFailed(_("Invalid token."))
-        user = User.from_db(connection.alias, columns, row[:-1])
         if not user.is_active:
             raise exceptions.AuthenticationFailed(_("User inactive or deleted."))
-        token = Token(key=key, user=user, created=row[-1])
-        token._state.adding, token._state.db = False, connection.alias
+        token = Token(key=key, user=user, created=user.__dict__.pop("token_created"))
+        token._state.adding, token._state.db = False, user._state.db
         return user, token
