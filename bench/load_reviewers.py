@@ -6,6 +6,7 @@ item (POST /api/projects/<id>/next/) and submitting a full answer to it
     .venv/bin/python bench/load_reviewers.py --steps 10000                 # C = 1, 4, 16, 64; 30 s each
     .venv/bin/python bench/load_reviewers.py --steps 100000 -c 16 -d 60 --web-processes 2
     .venv/bin/python bench/load_reviewers.py --steps 1000000 --json /tmp/load-1m.json
+    .venv/bin/python bench/load_reviewers.py --steps 10000 -c 16 --rate 100  # paced: 100 answers/s in all
 
 The server is the production one: `manage.py serve` (daphne, a supervised db_worker, DEBUG off, a
 SECRET_KEY, static files by WhiteNoise) on a free port, against PostgreSQL (BENCH_PG, default
@@ -24,6 +25,17 @@ Latencies are per request, measured by the client from sending the request to th
 response; `cycle` is next + submit of one answer. The first --warmup seconds of each level are not
 counted. Errors are every non-2xx answer, connection failure or timeout, grouped by kind; a 204 from
 next/ (nothing left) ends that reviewer and is reported as "drained".
+
+By default the loop is closed: each reviewer sends its next request as soon as the last one is answered,
+so the load follows the server's speed. With --rate R it is open ("paced", as wrk2 does it): the level
+offers R answers/s in all, split evenly over its C reviewers; reviewer i has a schedule of intended
+starts (the first at i/R seconds, then one every C/R seconds), waits for each and then does one
+next + submit. Latency is measured from the intended start of the cycle, not from the moment the
+request was sent (coordinated-omission correction): when the server falls behind, a reviewer sends late
+and the delay counts into that cycle's next latency (and its cycle latency), as a real reviewer arriving
+on time would have waited for it. Paced levels report the answers/s achieved next to the rate offered.
+No cycle is started after the end of a level, even one that was due before it, so a server that falls
+far behind leaves cycles uncounted and its tail latency is, if anything, understated.
 """
 
 from __future__ import annotations
@@ -46,14 +58,31 @@ def answer_body(step_count: int, verdict="agree", notes="", time_spent_ms=30000)
     return json.dumps({"data": data, "time_spent_ms": time_spent_ms}).encode()
 
 
-async def reviewer(conn: R.Connection, project_id: int, t_start: float, t_end: float, stats: dict):
+async def reviewer(conn: R.Connection, project_id: int, t_start: float, t_end: float, stats: dict,
+                   schedule: tuple[float, float] | None = None):
+    """Next + submit until t_end. Closed loop by default; with `schedule` = (first intended start,
+    period) paced: each cycle waits for its intended start and its latency is counted from there."""
     nexts, submits, cycles = stats["next"], stats["submit"], stats["cycle"]
     errors: Counter = stats["errors"]
+    intended = schedule[0] if schedule else None
     while True:
+        if schedule:
+            if intended >= t_end:
+                return
+            delay = intended - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
         t0 = time.perf_counter()
         if t0 >= t_end:
             return
-        counted = t0 >= t_start
+        # latency origin: when the request was sent (closed loop) or when it was due (paced; a late
+        # send counts into the latency: coordinated-omission correction)
+        origin = t0
+        if schedule:
+            origin, intended = intended, intended + schedule[1]
+        counted = origin >= t_start
+        if schedule and counted:
+            stats["lag"].append(max(0.0, t0 - origin))
         try:
             status, body = await conn.request("POST", f"/api/projects/{project_id}/next/")
         except (R.HttpError, OSError, asyncio.TimeoutError) as exc:
@@ -82,21 +111,27 @@ async def reviewer(conn: R.Connection, project_id: int, t_start: float, t_end: f
             continue
         stats["answers_all"] += 1
         if counted and t3 <= t_end:
-            nexts.append(t1 - t0)
+            nexts.append(t1 - origin)
             submits.append(t3 - t2)
-            cycles.append((t1 - t0) + (t3 - t2))
+            cycles.append((t1 - origin) + (t3 - t2))
             stats["answers"] += 1
 
 
-async def run_level(port: int, project_id: int, tokens: list[str], duration: float, warmup: float) -> dict:
+async def run_level(port: int, project_id: int, tokens: list[str], duration: float, warmup: float,
+                    rate: float | None = None) -> dict:
     conns = [R.Connection("127.0.0.1", port, t) for t in tokens]
-    stats = {"next": [], "submit": [], "cycle": [], "errors": Counter(), "answers": 0, "answers_all": 0, "drained": 0}
+    stats = {"next": [], "submit": [], "cycle": [], "errors": Counter(), "answers": 0, "answers_all": 0, "drained": 0,
+             "lag": []}
     now = time.perf_counter()
     t_start, t_end = now + warmup, now + warmup + duration
-    await asyncio.gather(*(reviewer(c, project_id, t_start, t_end, stats) for c in conns))
+    # paced: reviewer i starts at i/R and then every C/R seconds, so together they offer R answers/s
+    period = len(conns) / rate if rate else None
+    schedules = [(now + i / rate, period) if rate else None for i in range(len(conns))]
+    await asyncio.gather(*(reviewer(c, project_id, t_start, t_end, stats, sch) for c, sch in zip(conns, schedules)))
     for c in conns:
         await c.close()
     stats["seconds"] = duration
+    stats["rate"] = rate
     stats["connects"] = sum(c.connects for c in conns)
     return stats
 
@@ -110,7 +145,8 @@ def row(c: int, s: dict) -> str:
     s50, s95, s99 = R.pcts(s["submit"])
     c50, c95, c99 = R.pcts(s["cycle"])
     errs = sum(s["errors"].values())
-    return (f"| {c:>3} | {s['answers']:>6,} | {s['answers'] / s['seconds']:>7.1f} | "
+    paced = f"{s['rate']:g} | " if s["rate"] else ""
+    return (f"| {c:>3} | {s['answers']:>6,} | {s['answers'] / s['seconds']:>7.1f} | {paced}"
             f"{R.ms(n50)} / {R.ms(n95)} / {R.ms(n99)} | {R.ms(s50)} / {R.ms(s95)} / {R.ms(s99)} | "
             f"{R.ms(c50)} / {R.ms(c95)} / {R.ms(c99)} | {errs} | {s['server_cpu']:.0f}% | {s['machine_cpu']:.0f}% | "
             f"{per(s['server_cpu_s'])} / {per(s['pg_cpu_s'])} | "
@@ -121,6 +157,9 @@ HEADER = ("| reviewers | answers | answers/s | next p50 / p95 / p99 ms | submit 
           "cycle p50 / p95 / p99 ms | errors | server CPU | machine busy | CPU ms per answer: server / PostgreSQL | "
           "load avg after |\n"
           "|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--|")
+# paced levels: the rate offered next to the one achieved
+HEADER_PACED = (HEADER.replace("| answers/s |", "| answers/s achieved | paced at answers/s |", 1)
+                .replace("|--:|", "|--:|--:|", 1))
 
 
 def main():
@@ -136,8 +175,13 @@ def main():
     ap.add_argument("--workers", type=int, default=1, help="manage.py serve --workers (default 1)")
     ap.add_argument("--port", type=int, default=None, help="port (default: a free one)")
     ap.add_argument("--rebuild", action="store_true", help="make the benchmark database again")
+    ap.add_argument("--rate", type=float, default=None,
+                    help="paced (open loop): answers/s offered per level, split over its reviewers; "
+                         "latency from each cycle's intended start (default: closed loop)")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
+    if args.rate is not None and args.rate <= 0:
+        ap.error("--rate must be positive")
     levels = [int(x) for x in args.concurrency.split(",")]
     k = args.reviewers or max(levels)
 
@@ -163,7 +207,7 @@ def main():
             load_before = R.loadavg()
             cpu0, pg0, m0, w0 = server.cpu_seconds(), R.postgres_cpu(db_name), R.machine_cpu(), time.perf_counter()
             s = asyncio.run(run_level(server.port, project_id, [tok for _, tok in accounts[:c]],
-                                      args.duration, args.warmup))
+                                      args.duration, args.warmup, args.rate))
             wall = time.perf_counter() - w0
             s["server_cpu_s"] = server.cpu_seconds() - cpu0
             s["pg_cpu_s"] = R.cpu_delta(pg0, R.postgres_cpu(db_name))
@@ -173,7 +217,10 @@ def main():
             s["load_before"], s["load"] = load_before, R.loadavg()
             results.append((c, s))
             n50, n95, _ = R.pcts(s["next"])
-            print(f"  C={c:<3} {s['answers'] / s['seconds']:6.1f} answers/s  next p50 {R.ms(n50)} ms "
+            # paced: the rate offered, and how late the reviewers sent (p95) behind their schedule
+            paced = (f" of {args.rate:g} paced (sent late p95 {R.ms(R.pcts(s['lag'])[1])} ms)"
+                     if args.rate else "")
+            print(f"  C={c:<3} {s['answers'] / s['seconds']:6.1f}{paced} answers/s  next p50 {R.ms(n50)} ms "
                   f"p95 {R.ms(n95)} ms  errors {sum(s['errors'].values())}  "
                   f"{'drained ' + str(s['drained']) + '  ' if s['drained'] else ''}load {s['load']}", flush=True)
             if server.proc.poll() is not None:
@@ -184,7 +231,10 @@ def main():
     print(f"\n{info['steps']:,} steps ({info['items']:,} items), N = {args.answers_per_item} answers per item, "
           f"{args.duration:.0f} s per level after {args.warmup:.0f} s warm-up; server: {server.description}; "
           f"PostgreSQL + Redis on this machine, {os.cpu_count()} CPUs")
-    print(HEADER)
+    if args.rate:
+        print(f"paced (open loop) at {args.rate:g} answers/s per level, split evenly over its reviewers; next and "
+              f"cycle latencies measured from each cycle's intended start (coordinated-omission correction)")
+    print(HEADER_PACED if args.rate else HEADER)
     for c, s in results:
         print(row(c, s))
     print("(latency measured by the client; cycle = next + submit of one answer; server CPU: the server's "
@@ -198,14 +248,16 @@ def main():
     if target is not None:
         n95 = R.pcts(target["next"])[1]
         rate = target["answers"] / target["seconds"]
-        print(f"target at 16 reviewers (next p95 < 50 ms, >= 100 answers/s): next p95 {R.ms(n95)} ms "
+        paced = f" paced at {args.rate:g} answers/s" if args.rate else ""
+        print(f"target at 16 reviewers{paced} (next p95 < 50 ms, >= 100 answers/s): next p95 {R.ms(n95)} ms "
               f"{'met' if n95 < 0.05 else 'missed'}, {rate:.1f} answers/s {'met' if rate >= 100 else 'missed'}")
     if args.json:
         out = {"steps": info["steps"], "items": info["items"], "answers_per_item": args.answers_per_item,
                "server": server.description, "duration": args.duration, "levels": []}
         for c, s in results:
             out["levels"].append({
-                "reviewers": c, "answers": s["answers"], "answers_per_s": s["answers"] / s["seconds"],
+                "reviewers": c, "rate": s["rate"], "answers": s["answers"],
+                "answers_per_s": s["answers"] / s["seconds"],
                 "next_ms": [x * 1000 for x in R.pcts(s["next"])], "submit_ms": [x * 1000 for x in R.pcts(s["submit"])],
                 "cycle_ms": [x * 1000 for x in R.pcts(s["cycle"])], "errors": dict(s["errors"]),
                 "drained": s["drained"], "server_cpu": s["server_cpu"], "machine_cpu": s["machine_cpu"],
