@@ -3,17 +3,23 @@
 Every view of the app is synchronous. Django's own ASGI handler runs each request in a thread started
 for that request and hops between it and the event loop several times (its sync middleware wraps an
 async inner handler that wraps the sync view again); that took about a third of the server's CPU in
-the review loop. a2wsgi hands each request to the WSGI handler on a fixed pool of threads instead:
-one hop in and a few queued sends out, request bodies and streamed responses still flow in chunks.
-See docs/architecture.md ("Serving") for the numbers.
+the review loop. a2wsgi hands each request to the WSGI handler on a small fixed pool of threads
+instead (WEB_THREADS): one hop in and a few queued sends out, request bodies and responses in chunks.
+
+Long streams (export downloads and import uploads) hold their thread for as long as the client takes,
+so they still go through Django's ASGI handler, a thread each, and never fill the pool that serves
+everything else. See docs/architecture.md ("Serving HTTP") for the numbers.
 """
 
 import os
+import re
 
+from django.core.asgi import get_asgi_application
 from django.core.wsgi import get_wsgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "feedback_app.settings")
 django_wsgi_app = get_wsgi_application()  # also django.setup(), before anything below imports models
+django_asgi_app = get_asgi_application()
 
 from a2wsgi import WSGIMiddleware  # noqa: E402
 from channels.auth import AuthMiddlewareStack  # noqa: E402
@@ -23,9 +29,24 @@ from django.conf import settings  # noqa: E402
 
 from annotation.routing import websocket_urlpatterns  # noqa: E402
 
+# export downloads (page and API) and import uploads (page and API)
+STREAMS = re.compile(r"^/(api/)?projects/\d+/(export/(download/)?|imports/)$")
+
+
+class HttpRouter:
+    """Long streams to Django's ASGI handler (a thread each), every other request to the thread pool."""
+
+    def __init__(self, pooled, streams):
+        self.pooled, self.streams = pooled, streams
+
+    async def __call__(self, scope, receive, send):
+        app = self.streams if STREAMS.match(scope["path"]) else self.pooled
+        return await app(scope, receive, send)
+
+
 application = ProtocolTypeRouter(
     {
-        "http": WSGIMiddleware(django_wsgi_app, workers=settings.WEB_THREADS),
+        "http": HttpRouter(WSGIMiddleware(django_wsgi_app, workers=settings.WEB_THREADS), django_asgi_app),
         "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )
