@@ -188,7 +188,10 @@ def submit(item: Item, user, data: dict, time_spent_ms=0) -> SubmitResult:
         answer.time_spent_ms = max(answer.time_spent_ms, _time(time_spent_ms))
         if not answer.time_spent_ms and lease_began is not None:
             answer.time_spent_ms = _time((now - lease_began).total_seconds() * 1000)
-        answer.save()
+        if answer._state.adding:
+            rawsql.insert(answer)
+        else:  # a draft becomes the submitted answer
+            answer.save()
         if lease_began is not None:
             with connection.cursor() as cursor:
                 cursor.execute(f"DELETE FROM {rawsql.table(Lease)}"
@@ -211,7 +214,7 @@ def resolve_final(item: Item, *, changed: list[str] | None = None) -> Final | No
             item.state = state
             fields.append("state")
         if fields:
-            item.save(update_fields=fields)
+            rawsql.update(item, fields)
 
     if project.retrain_every > 0:  # 0: automatic training is off, nothing to check after commit
         training.labels_changed(project.pk)  # after commit: queue a training run when enough new labels came in

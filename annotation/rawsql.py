@@ -87,3 +87,42 @@ def first(model, sql: str, params, *, extra: dict | None = None):
     """The first instance `rows` reads, or None."""
     found = rows(model, sql, params, extra=extra)
     return found[0] if found else None
+
+
+@cache
+def _insert_sql(model, vendor: str) -> tuple[str, tuple, object]:
+    meta = model._meta
+    fields = tuple(f for f in meta.local_concrete_fields if f is not meta.auto_field)
+    sql = (f"INSERT INTO {table(model)} ({', '.join(qn(f.column) for f in fields)})"
+           f" VALUES ({', '.join(['%s'] * len(fields))})")
+    returning = meta.auto_field if connection.features.can_return_columns_from_insert else None
+    if returning is not None:
+        sql += f" RETURNING {qn(returning.column)}"
+    return sql, fields, returning
+
+
+def insert(obj) -> None:
+    """INSERT a new instance as Model.save() would (field defaults, auto_now, JSON encoded) with SQL built
+    once per model, and set its id. Sends no save signals: use it only for models nothing listens to
+    (the answer and its audit event on the submit path)."""
+    model = type(obj)
+    sql, fields, returning = _insert_sql(model, connection.vendor)
+    values = [f.get_db_prep_save(f.pre_save(obj, True), connection) for f in fields]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, values)
+        if model._meta.auto_field is not None:
+            pk = cursor.fetchone()[0] if returning is not None else cursor.lastrowid
+            setattr(obj, model._meta.auto_field.attname, pk)
+    obj._state.adding, obj._state.db = False, connection.alias
+
+
+def update(obj, field_names) -> None:
+    """UPDATE the named fields of a saved instance by its primary key (Model.save(update_fields=...) without
+    signals or the ORM's compiler)."""
+    meta = type(obj)._meta
+    fields = [meta.get_field(name) for name in field_names]
+    sql = (f"UPDATE {table(type(obj))} SET {', '.join(qn(f.column) + ' = %s' for f in fields)}"
+           f" WHERE {qn(meta.pk.column)} = %s")
+    values = [f.get_db_prep_save(f.pre_save(obj, False), connection) for f in fields]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*values, obj.pk])
