@@ -42,35 +42,52 @@ class SubmitResult:
 
 
 def latest_prediction(item: Item) -> Prediction | None:
-    """The item's newest prediction (read once per item object)."""
+    """The item's newest prediction (read once per item object; live_item and attach_payload read it
+    along with the payload)."""
     if not hasattr(item, "_latest_prediction"):
         sql = rawsql.select(Prediction, "item_id = %s", " ORDER BY created_at DESC, id DESC LIMIT 1")
         item._latest_prediction = rawsql.first(Prediction, sql, [item.pk])
     return item._latest_prediction
 
 
-def payload_of(item: Item) -> ItemPayload:
-    return rawsql.first(ItemPayload, rawsql.select(ItemPayload, "item_id = %s"), [item.pk])
+_PAYLOAD = ItemPayload._meta.get_field("data")
+# the payload's data, then every column of the newest prediction (NULLs when there is none)
+_PREDICTION = {f"prediction_{f.attname}": f for f in Prediction._meta.concrete_fields}
+
+
+def _read_with_payload(where: str, params) -> Item | None:
+    """An item (alias i) with its payload and newest prediction, in one statement."""
+    sql = (f"SELECT {rawsql.columns(Item, 'i')}, p.{rawsql.qn(_PAYLOAD.column)}, {rawsql.columns(Prediction, 'pr')}"
+           f" FROM {rawsql.table(Item)} i JOIN {rawsql.table(ItemPayload)} p ON p.item_id = i.id"
+           f" LEFT JOIN {rawsql.table(Prediction)} pr ON pr.id = (SELECT id FROM {rawsql.table(Prediction)}"
+           f" WHERE item_id = i.id ORDER BY created_at DESC, id DESC LIMIT 1) WHERE {where}")
+    item = rawsql.first(Item, sql, params, extra={"payload_data": _PAYLOAD, **_PREDICTION})
+    if item is not None:
+        values = item.__dict__
+        item.payload = ItemPayload(item=item, data=values.pop("payload_data"))
+        item.payload._state.adding, item.payload._state.db = False, item._state.db
+        columns = [values.pop(name) for name in _PREDICTION]
+        item._latest_prediction = (Prediction.from_db(item._state.db, None, columns)
+                                   if columns[0] is not None else None)
+    return item
+
+
+def attach_payload(item: Item) -> Item:
+    """Read the payload and the newest prediction of an item that was read without them (one statement)."""
+    found = _read_with_payload("i.id = %s", [item.pk])
+    item.payload, item._latest_prediction = found.payload, found._latest_prediction
+    return item
 
 
 def live_item(project, item_id: int, *, with_payload: bool = True) -> Item | None:
-    """An item of the project that finished importing, or None; with its payload in the same query."""
+    """An item of the project that finished importing, or None; with its payload and newest prediction in
+    the same query."""
     if not 0 < int(item_id) < 2**63:  # no row has such an id (and the database could not even compare it)
         return None
-    payload_field = ItemPayload._meta.get_field("data")
-    sql = f"SELECT {rawsql.columns(Item, 'i')}"
+    where, params = "i.id = %s AND i.project_id = %s AND i.state <> %s", [item_id, project.pk, Item.State.STAGED.value]
     if with_payload:
-        sql += f", p.{rawsql.qn(payload_field.column)}"
-    sql += f" FROM {rawsql.table(Item)} i"
-    if with_payload:
-        sql += f" JOIN {rawsql.table(ItemPayload)} p ON p.item_id = i.id"
-    sql += " WHERE i.id = %s AND i.project_id = %s AND i.state <> %s"
-    item = rawsql.first(Item, sql, [item_id, project.pk, Item.State.STAGED.value],
-                        extra={"payload_data": payload_field} if with_payload else None)
-    if item is not None and with_payload:
-        item.payload = ItemPayload(item=item, data=item.__dict__.pop("payload_data"))
-        item.payload._state.adding, item.payload._state.db = False, item._state.db
-    return item
+        return _read_with_payload(where, params)
+    return rawsql.first(Item, f"SELECT {rawsql.columns(Item, 'i')} FROM {rawsql.table(Item)} i WHERE {where}", params)
 
 
 def own_answers(item: Item, user) -> list[Answer]:

@@ -29,10 +29,10 @@ from .. import exporting, importing, queue, training
 from ..answers import (
     AnswerError,
     adjudicate,
+    attach_payload,
     latest_prediction,
     live_item,
     own_answers,
-    payload_of,
     reresolve_project,
     review_answer,
     save_draft,
@@ -506,10 +506,10 @@ class NextItemView(ApiView):
         item = queue.next_item(self.project, request.user)
         if item is None:
             return Response(status=status.HTTP_204_NO_CONTENT)
-        # The claim returned the item's row and the lease: only the payload is left to read. A claimable
+        # The claim returned the item's row and the lease: only the payload (and prediction) is left to read. A claimable
         # item is open, and an open item has no final label (resolve_final), so none is looked up.
         item.project = self.project
-        item.payload = payload_of(item)
+        attach_payload(item)
         if item.state == Item.State.OPEN:
             item.api_final = None
         detail = item_detail(item, request.user, self.project_caps, self.project, lease=item.claimed_lease)
