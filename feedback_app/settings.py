@@ -187,9 +187,10 @@ WHITENOISE_USE_FINDERS = DEBUG
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 IMPORT_MAX_BYTES = int(os.environ.get("IMPORT_MAX_BYTES", 2 * 1024**3))
 # Threads per web process that run requests other than export downloads and import uploads
-# (feedback_app/asgi.py). More than a few only contend for the GIL: a thread holding a transaction waits
-# behind the others (16 reviewers: about 100 answers/s with 2 to 6 threads, 80 with 10).
-WEB_THREADS = int(os.environ.get("WEB_THREADS", "4"))
+# (feedback_app/asgi.py). More only contend for the GIL: a thread holding a transaction waits behind the
+# others (16 reviewers, 2 processes on 2 cores: 99-114 answers/s with 2 threads, 75-82 with 1, 80-92
+# with 4, 79-93 with 10; docs/architecture.md).
+WEB_THREADS = int(os.environ.get("WEB_THREADS", "2"))
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 
 # Cookies and transport security. Off only where explicitly allowed (plain-HTTP local runs).
