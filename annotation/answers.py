@@ -254,8 +254,8 @@ def resolve_final(item: Item, *, changed: list[str] | None = None) -> Final | No
         return existing
     kind = project.kind_spec
     payload = item.payload.data
-    answers = [a.data for a in rawsql.rows(Answer, rawsql.select(Answer, "item_id = %s AND status = %s", " ORDER BY id"),
-                                           [item.pk, Answer.Status.SUBMITTED.value])]
+    submitted = rawsql.select(Answer, "item_id = %s AND status = %s", " ORDER BY id")
+    answers = [a.data for a in rawsql.rows(Answer, submitted, [item.pk, Answer.Status.SUBMITTED.value])]
     per_unit = [kind.unit_labels(a) for a in answers]
     resolved, methods = {}, {}
     unresolved = False

@@ -102,10 +102,10 @@ if DATABASE_URL:
         # A fixed test database name, so live-server tests in other processes find it.
         DATABASES["default"]["TEST"] = {"NAME": "test_feedback" + os.environ.get("TEST_DB_SUFFIX", "")}
         if env_bool("DATABASE_POOL", True):
-            # Under ASGI every request runs its sync code in a thread of its own, so a persistent connection
-            # (CONN_MAX_AGE) is never reused and each request would open one (10+ ms, a server process).
-            # A pool per process lends connections to those threads instead; each is checked when lent
-            # (CONN_HEALTH_CHECKS).
+            # Every request runs in a fresh copy of the server's context (feedback_app/asgi.py), so Django's
+            # persistent connection (CONN_MAX_AGE, kept per context) is never reused and each request would
+            # open one (10+ ms, a server process). A pool per process lends connections to the requests
+            # instead; each is checked when lent (CONN_HEALTH_CHECKS).
             DATABASES["default"]["CONN_MAX_AGE"] = 0
             DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
                 "min_size": 2, "max_size": int(os.environ.get("DATABASE_POOL_SIZE", "10")),

@@ -5,7 +5,6 @@ plain JSON here; the kinds validate it with their pydantic schemas, which
 GET /api/kinds/ publishes.
 """
 
-
 from django.contrib.auth import get_user_model
 from drf_spectacular.extensions import OpenApiSerializerFieldExtension
 from drf_spectacular.plumbing import ResolvedComponent

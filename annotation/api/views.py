@@ -200,7 +200,7 @@ def item_detail(item: Item, user, caps, project: Project, *, lease=_UNKNOWN) -> 
     reviewers and managers see every answer, everyone else only their own. `lease`: the user's
     active lease when the caller has just taken or renewed it (saves reading it back)."""
     item.api_prediction = latest_prediction(item)
-    if hasattr(item, "api_final"):  # already known to the caller
+    if hasattr(item, "api_final"):  # the caller knows it already
         pass
     elif Item.final.is_cached(item):  # loaded with the item (get_item(with_final=True))
         item.api_final = getattr(item, "final", None)
@@ -506,8 +506,8 @@ class NextItemView(ApiView):
         item = queue.next_item(self.project, request.user)
         if item is None:
             return Response(status=status.HTTP_204_NO_CONTENT)
-        # The claim returned the item's row and the lease: only the payload (and prediction) is left to read. A claimable
-        # item is open, and an open item has no final label (resolve_final), so none is looked up.
+        # The claim returned the item's row and the lease: only the payload and the prediction are left to
+        # read. A claimable item is open, and an open item has no final label (resolve_final): none is read.
         item.project = self.project
         attach_payload(item)
         if item.state == Item.State.OPEN:
