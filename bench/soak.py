@@ -2,7 +2,7 @@
 """Soak test of the review loop: 64 reviewers for 10 minutes against the production server, then a
 check of every acknowledged answer against the database.
 
-    .venv/bin/python bench/soak.py                         # 64 reviewers, 600 s, N = 3, 100,000 steps
+    .venv/bin/python bench/soak.py                         # 64 reviewers, 600 s, N = 3, 1,000,000 steps
     .venv/bin/python bench/soak.py -d 60 -r 16 --steps 10000 --answers-per-item 2
 
 The server is `manage.py serve` as production runs it (DEBUG off, PostgreSQL, Redis; see
@@ -302,7 +302,8 @@ def main():
     ap.add_argument("-d", "--duration", type=float, default=600.0, help="seconds (default 600)")
     ap.add_argument("-r", "--reviewers", type=int, default=64, help="concurrent reviewers (default 64)")
     ap.add_argument("--answers-per-item", type=int, default=3, help="the project's N (default 3)")
-    ap.add_argument("--steps", type=int, default=100_000, help="project size in steps (default 100,000)")
+    # 100,000 steps hold 30,012 answer slots at N = 3: 64 reviewers fill them in about 5 minutes
+    ap.add_argument("--steps", type=int, default=1_000_000, help="project size in steps (default 1,000,000)")
     ap.add_argument("--web-processes", type=int, default=int(os.environ.get("WEB_PROCESSES", "2")))
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--log-dir", help="where the reviewers' logs go (default: a new folder in /tmp)")
