@@ -282,8 +282,10 @@ def _aware(value):
     return value if value.tzinfo is not None else value.replace(tzinfo=dt_timezone.utc)
 
 
-def _chunks(project: Project, filters: ExportFilters) -> Iterator[list[dict]]:
-    """Lists of up to EXPORT_CHUNK records whose JSON fields are still the stored text."""
+def _chunks(project: Project, filters: ExportFilters, parts: frozenset[str] | None = None) -> Iterator[list[dict]]:
+    """Lists of up to EXPORT_CHUNK records whose JSON fields are still the stored text. `parts`: which of
+    "payload", "prediction", "answers" and "final" to read (None: all); the others are not queried and
+    stay empty (None, or no answers)."""
     start, end = filters.window()
     answer_q = _answer_filter(filters, start, end)
     final_q = _final_filter(start, end)
@@ -294,15 +296,16 @@ def _chunks(project: Project, filters: ExportFilters) -> Iterator[list[dict]]:
     def fetch(rows):
         """The chunk's payloads, latest predictions, answers and finals: one query each."""
         ids = ",".join(str(int(r[0])) for r in rows)
-        payloads = dict(sql.run(sql.payloads, ids))
-        predictions = {p[0]: p for p in sql.run(sql.predictions, ids)}
+        wants = (lambda name: True) if parts is None else parts.__contains__
+        payloads = dict(sql.run(sql.payloads, ids)) if wants("payload") else {}
+        predictions = {p[0]: p for p in sql.run(sql.predictions, ids)} if wants("prediction") else {}
         answers: dict[int, list] = {}
-        for a in sql.run(sql.answers, ids, sql.answer_params):
+        for a in sql.run(sql.answers, ids, sql.answer_params) if wants("answers") else ():
             answers.setdefault(a[0], []).append({
                 "id": a[1], "user": a[2], "status": a[3], "submitted_at": _aware(a[4]), "time_spent_ms": a[5],
                 "guidelines_version": a[6], "model_version": a[7], "reviewed_by": a[8], "data": a[9],
             })
-        finals = {f[0]: f for f in sql.run(sql.finals, ids, sql.final_params)}
+        finals = {f[0]: f for f in sql.run(sql.finals, ids, sql.final_params)} if wants("final") else {}
         return payloads, predictions, answers, finals
 
     def build(rows, related):
@@ -390,25 +393,20 @@ def _records(project: Project, filters: ExportFilters, *, decode: bool,
     """One record at a time. Its stored JSON is decoded (decode=True) or wrapped as orjson.Fragment to be
     copied into the output as it is. Decoding happens record by record, just before use, so only one
     decoded record is alive at a time (a whole decoded chunk would also make the garbage collector crawl).
-    With `reads`, only those parts are decoded; the others keep their JSON text."""
+    With `reads`, only those parts are read from the database and decoded; the others stay empty."""
     wrap = orjson.loads if decode else orjson.Fragment
-
-    def part(name):
-        return wrap if reads is None or name in reads else (lambda text: text)
-
-    payload_of, prediction_of, answer_of, final_of = part("payload"), part("prediction"), part("answers"), part("final")
     project_block = None
-    for chunk in _chunks(project, filters):
+    for chunk in _chunks(project, filters, reads):
         for i, record in enumerate(chunk):
             chunk[i] = None
             if record["payload"] is not None:
-                record["payload"] = payload_of(record["payload"])
+                record["payload"] = wrap(record["payload"])
             if record["prediction"] is not None:
-                record["prediction"] = prediction_of(record["prediction"])
+                record["prediction"] = wrap(record["prediction"])
             for answer in record["answers"]:
-                answer["data"] = answer_of(answer["data"])
+                answer["data"] = wrap(answer["data"])
             if record["final"] is not None:
-                record["final"]["data"] = final_of(record["final"]["data"])
+                record["final"]["data"] = wrap(record["final"]["data"])
             if not decode:
                 if project_block is None:
                     project_block = orjson.Fragment(orjson.dumps(record["lineage"]["project"]))

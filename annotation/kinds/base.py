@@ -54,8 +54,8 @@ class ExportFormat:
     description: str = ""
     # Rows only come from items with a final label: the export reads no others.
     final_only: bool = False
-    # The parts of a record the rows read ("payload", "prediction", "answers", "final"); the others are
-    # left undecoded (their JSON text). None: all of them.
+    # The parts of a record the rows read ("payload", "prediction", "answers", "final"); the export does not
+    # read the others from the database at all, and they reach the rows empty. None: all of them.
     reads: frozenset[str] | None = None
 
 
