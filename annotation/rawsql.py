@@ -1,11 +1,12 @@
 """Hand-written SQL on the review loop's hot path, read into model instances the way the ORM reads them.
 
-Taking the next item and submitting an answer run about a dozen statements per answer. Compiling
-each through the ORM, or reading it through RawQuerySet (which maps the cursor's columns to fields on
-every call), cost more CPU than running it. The statements themselves live next to the rule they
-implement (annotation/queue.py, annotation/answers.py, annotation/permissions.py); this module gives
-them the column lists and turns rows into instances: every concrete field in order, values through the
-same converters as the ORM's (JSON decoded, SQLite's datetimes parsed).
+Taking the next item and submitting an answer run about a dozen statements per answer, and compiling
+each through the ORM cost more CPU than running it. The statements themselves live next to the rule
+they implement (annotation/queue.py, annotation/answers.py, annotation/permissions.py); this module
+gives them the column lists and turns rows into instances: every concrete field in order, values
+through the same converters as the ORM's (JSON decoded, SQLite's datetimes parsed). Unlike
+RawQuerySet it also converts extra columns by the field they come from, so one row can carry an item
+with its payload and its newest prediction.
 """
 
 from functools import cache
