@@ -109,8 +109,9 @@ if DATABASE_URL:
             DATABASES["default"]["CONN_MAX_AGE"] = 0
             DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
                 "min_size": 2, "max_size": int(os.environ.get("DATABASE_POOL_SIZE", "10")),
-                # how long a request waits for a connection (also, while the database is down, before its 503)
-                "timeout": float(os.environ.get("DATABASE_POOL_TIMEOUT", "10")),
+                # how long a request waits for a connection (also, while the database is down, before its 503);
+                # short, because requests queue behind the few request threads (WEB_THREADS) while they wait
+                "timeout": float(os.environ.get("DATABASE_POOL_TIMEOUT", "3")),
             }
 else:
     DATABASES = {
