@@ -17,7 +17,7 @@ import pytest
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth.backends import ModelBackend
 from django.test import Client
-from django.urls import get_resolver, resolve, reverse
+from django.urls import get_resolver, reverse
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.authtoken.models import Token
 
@@ -27,7 +27,7 @@ from annotation.models import (AuditEvent, ImportJob, Item, ItemPayload, LoginAt
                                Role, TrainingRun)
 from feedback_app import security
 from feedback_app.asgi import application
-from tests.test_permissions import _PARAM, Endpoint, _walk, api_methods, world  # noqa: F401 (world: a fixture)
+from tests.test_permissions import Endpoint, _walk, api_methods, fill, world  # noqa: F401 (world: a fixture)
 
 from .factories import PASSWORD, add_member, make_items, make_project, make_user, trajectory
 
@@ -50,20 +50,6 @@ API_ROUTES = [r for r in ROUTES if r[3]]
 UNSAFE = ("post", "put", "patch", "delete")
 
 
-def fill(route: str, name: str, params: dict) -> str:
-    if route.startswith("<regex>"):
-        pytest.fail(f"{name}: regex route {route!r}; use path() converters so this walk can fill it")
-
-    def value(m):
-        key = m.group("name")
-        if key not in params:
-            pytest.fail(f"{name} ({route}) has a path parameter {key!r} that the `world` fixture of "
-                        "tests/test_permissions.py does not know")
-        return str(params[key])
-
-    url = "/" + _PARAM.sub(value, route)
-    resolve(url)
-    return url
 
 
 def _param(routes):
@@ -395,7 +381,7 @@ def test_the_walk_finds_the_form_urls():
 
 @pytest.mark.parametrize("route, name, callback, api", _param(PAGE_ROUTES))
 def test_every_page_refuses_a_state_change_without_a_csrf_token(world, route, name, callback, api):
-    url = fill(route, name, world["params"])
+    url = fill(Endpoint(route=route, name=name, callback=callback, api=api), world["params"])
     manager = world["users"][Role.MANAGER]
     for method in UNSAFE:
         client = Client(enforce_csrf_checks=True)
@@ -419,7 +405,7 @@ def _session_api_cases():
             continue
         for method in api_methods(Endpoint(route=route, name=name, callback=callback, api=True)):
             if method in UNSAFE:
-                out.append(pytest.param(route, name, method, id=f"{name}-{method.upper()}"))
+                out.append(pytest.param(route, name, callback, method, id=f"{name}-{method.upper()}"))
     return out
 
 
@@ -435,9 +421,10 @@ def test_only_the_token_endpoint_skips_session_authentication():
     assert len(SESSION_API_CASES) >= 10
 
 
-@pytest.mark.parametrize("route, name, method", SESSION_API_CASES)
-def test_the_api_with_session_auth_needs_a_csrf_token_and_with_token_auth_does_not(world, route, name, method):
-    url = fill(route, name, world["params"])
+@pytest.mark.parametrize("route, name, callback, method", SESSION_API_CASES)
+def test_the_api_with_session_auth_needs_a_csrf_token_and_with_token_auth_does_not(world, route, name, callback,
+                                                                                  method):
+    url = fill(Endpoint(route=route, name=name, callback=callback, api=True), world["params"])
     manager = world["users"][Role.MANAGER]
     session = Client(enforce_csrf_checks=True)
     session.force_login(manager)
@@ -584,8 +571,8 @@ def test_every_page_shows_hostile_text_as_text():
     client = Client()
     client.force_login(w["manager"])
     pages = {}
-    for route, name, _callback, _api in PAGE_ROUTES:
-        url = fill(route, name, w["params"])
+    for route, name, callback, api in PAGE_ROUTES:
+        url = fill(Endpoint(route=route, name=name, callback=callback, api=api), w["params"])
         response = client.get(url, HTTP_ACCEPT="text/html")
         if response.status_code != 200 or not response["Content-Type"].startswith("text/html"):
             continue
