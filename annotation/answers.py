@@ -7,11 +7,9 @@ recomputed whenever the answers of an item change, unless a reviewer adjudicated
 """
 
 from dataclasses import dataclass
-from datetime import timezone as dt_timezone
 
 from django.db import connection, transaction
 from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 
 from . import live, queue, rawsql, training
 from .agreement import resolve_unit
@@ -156,11 +154,7 @@ def _leases(item: Item, user, now) -> tuple[bool, int, object]:
     with connection.cursor() as cursor:
         cursor.execute(sql, [user.pk, at, user.pk, at, user.pk, item.pk])
         own, others, began = cursor.fetchone()
-    if isinstance(began, str):  # SQLite hands an aggregate's datetime back as text
-        began = parse_datetime(began)
-    if began is not None and timezone.is_naive(began):
-        began = timezone.make_aware(began, dt_timezone.utc)
-    return bool(own), int(others), began
+    return bool(own), int(others), rawsql.convert(Lease._meta.get_field("created_at"), began)
 
 
 def submit(item: Item, user, data: dict, time_spent_ms=0) -> SubmitResult:

@@ -58,6 +58,15 @@ def _converters(fields: tuple) -> list[tuple[int, list, object]]:
             for i, expression in _converted(fields, connection.vendor)]
 
 
+def convert(field, value):
+    """One value of `field` as read from a cursor, through the ORM's converters (e.g. an aggregate's
+    datetime, which SQLite hands back as text)."""
+    for _, funcs, expression in _converters((field,)):
+        for converter in funcs:
+            value = converter(value, expression, connection)
+    return value
+
+
 def rows(model, sql: str, params, *, extra: dict | None = None) -> list:
     """Run `sql`, whose columns are every concrete field of `model` in order (`columns(model)`) and then
     one column per name in `extra` ({attribute name: the model field it comes from, for its

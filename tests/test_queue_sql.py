@@ -101,3 +101,21 @@ def test_rawsql_reads_rows_as_the_orm_does(db):
     Item.objects.filter(pk=item.pk).update(state=Item.State.STAGED)
     assert live_item(project, item.pk) is None  # staged rows of a running import are invisible
     assert rawsql.rows(Item, rawsql.select(Item, "id = %s"), [-1]) == []
+
+
+def test_a_submit_without_time_spent_counts_it_from_the_lease(db):
+    """submit() reads the reviewer's lease in one aggregate (answers._leases): when the client sends no
+    time spent, the answer gets the time since the lease began, on every backend."""
+    from annotation.answers import submit
+
+    from .factories import full_answer
+
+    project = make_project(answers_per_item=1)
+    me = add_member(project, Role.ANNOTATOR)
+    make_items(project, count=1)
+    item = queue.next_item(project, me)
+    Lease.objects.filter(item=item, user=me).update(created_at=timezone.now() - timedelta(seconds=42))
+    item = Item.objects.select_related("project", "payload").get(pk=item.pk)
+    answer = submit(item, me, full_answer(item), time_spent_ms=0).answer
+    assert 42_000 <= answer.time_spent_ms < 60_000
+    assert not Lease.objects.filter(item=item, user=me).exists()

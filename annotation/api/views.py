@@ -200,12 +200,11 @@ def item_detail(item: Item, user, caps, project: Project, *, lease=_UNKNOWN) -> 
     reviewers and managers see every answer, everyone else only their own. `lease`: the user's
     active lease when the caller has just taken or renewed it (saves reading it back)."""
     item.api_prediction = latest_prediction(item)
-    if hasattr(item, "api_final"):  # the caller knows it already
-        pass
-    elif Item.final.is_cached(item):  # loaded with the item (get_item(with_final=True))
-        item.api_final = getattr(item, "final", None)
-    else:
-        item.api_final = Final.objects.filter(item=item).select_related("decided_by").first()
+    if not hasattr(item, "api_final"):  # unless the caller knows it already
+        if Item.final.is_cached(item):  # loaded with the item (get_item(with_final=True))
+            item.api_final = getattr(item, "final", None)
+        else:
+            item.api_final = Final.objects.filter(item=item).select_related("decided_by").first()
     if REVIEW in caps:
         item.api_answers = list(Answer.objects.filter(item=item).select_related("user", "reviewed_by").order_by("pk"))
     else:
