@@ -7,7 +7,7 @@
 - Redis gone: pages render, submits work, the dashboard's polling endpoint answers;
 - a database error in a view (simulated): 503 + Retry-After.
 
-The server is `manage.py serve --workers 0` (daphne) in a child process on a free port, against the test
+The server is `manage.py serve --workers 0` (uvicorn) in a child process on a free port, against the test
 database (DATABASE_NAME_OVERRIDE, as in tests/test_training_faults.py). A killed training worker is in
 tests/test_training_faults.py; the dashboard falling back to polling in a browser is in
 tests/browser/test_redis_down_browser.py.
@@ -129,7 +129,7 @@ class Server:
             "SECURE_COOKIES": "0",
             "FAULT_MARKERS": str(self.markers),
             "PYTHONUNBUFFERED": "1",
-            "WEB_PROCESSES": "1",  # daphne in this process: the submit hook must be where requests run
+            "WEB_PROCESSES": "1",  # requests run in this process: the submit hook must be where they run
             **env,
         }
 
@@ -160,9 +160,14 @@ class Server:
         assert self.proc.returncode == -signal.SIGKILL
 
     def stop(self) -> None:
+        """SIGTERM, as a deploy stops it (its web processes and workers with it), then SIGKILL."""
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
 
     def logs(self) -> str:
         return "\n".join(p.read_text(errors="replace")[-4000:] for p in sorted(self.tmp.glob("server*.log")))

@@ -1,4 +1,4 @@
-"""Run the ASGI server (daphne) with background workers beside it.
+"""Run the web server (uvicorn, feedback_app/web.py) with background workers beside it.
 
     manage.py serve --host 127.0.0.1 --port 8000
 
@@ -6,11 +6,11 @@ Workers are `manage.py db_worker` processes for the `default` queue (imports,
 scoring) and the `gpu` queue (training); they restart if they exit. Pass
 --workers 0 to run them elsewhere (any machine that reaches the same database).
 
---web-processes N (or WEB_PROCESSES=N) runs N daphne processes on the same port: this command
+--web-processes N (or WEB_PROCESSES=N) runs N web processes on the same port: this command
 opens one listening socket per process with SO_REUSEPORT, so the kernel spreads new connections
-evenly over them, and hands each to its daphne (a twisted `fd:` endpoint). One daphne process
-runs Django's sync code under one GIL, so more processes use more CPU cores. With more than one,
-live updates need a shared channel layer (REDIS_URL).
+evenly over them, and hands each to its web process (`python -m feedback_app.web --fd FD`). One
+web process runs Django's sync code under one GIL, so more processes use more CPU cores. With more
+than one, live updates need a shared channel layer (REDIS_URL).
 """
 
 import os
@@ -24,9 +24,6 @@ import time
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-APP = "feedback_app.asgi:application"
-
-
 class Command(BaseCommand):
     help = "Serve the app over HTTP and websockets, with background workers."
 
@@ -36,7 +33,7 @@ class Command(BaseCommand):
         parser.add_argument("--workers", type=int, default=1, help="db_worker processes to run beside the server")
         parser.add_argument("--queues", default="default,gpu")
         parser.add_argument("--web-processes", type=int, default=int(os.environ.get("WEB_PROCESSES", "1")),
-                            help="daphne processes sharing the port (default 1, or WEB_PROCESSES)")
+                            help="web processes sharing the port (default 1, or WEB_PROCESSES)")
 
     def handle(self, *args, host, port, workers, queues, web_processes, **options):
         if web_processes < 1:
@@ -44,22 +41,19 @@ class Command(BaseCommand):
         if web_processes > 1 and not getattr(settings, "REDIS_URL", ""):
             raise CommandError("More than one web process needs REDIS_URL: the in-memory channel layer "
                                "reaches one process only.")
-        # The client address from X-Forwarded-For only behind a proxy: a client that reaches daphne
-        # directly could name any address (and so dodge the per-address login limit).
-        proxy = ["--proxy-headers"] if settings.BEHIND_TLS_PROXY else []
         stop = threading.Event()
         procs: list[subprocess.Popen] = []
         webs: list[subprocess.Popen] = []
         listeners: list[socket.socket] = []
         if web_processes > 1:
-            # A listening socket per daphne process, all on the port (SO_REUSEPORT): the kernel balances new
+            # A listening socket per web process, all on the port (SO_REUSEPORT): the kernel balances new
             # connections over them. One socket shared by all processes is not balanced: whichever process
             # wakes first accepts a whole burst of keep-alive connections and keeps them.
-            # (twisted's fd: endpoint adopts IPv4 sockets only)
-            if ":" in host or port == 0:
-                raise CommandError("--web-processes above 1 needs an IPv4 --host and a fixed --port.")
+            if port == 0:
+                raise CommandError("--web-processes above 1 needs a fixed --port.")
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
             for _ in range(web_processes):
-                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sock = socket.socket(family, socket.SOCK_STREAM)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                 sock.bind((host, port))
@@ -70,7 +64,7 @@ class Command(BaseCommand):
         def start_web(i):
             """Web process i + 1 (this process is the first), on its own socket; kept open here for restarts."""
             fd = listeners[i + 1].fileno()
-            cmd = [sys.executable, "-m", "daphne", "-e", f"fd:fileno={fd}", *proxy, APP]
+            cmd = [sys.executable, "-m", "feedback_app.web", "--fd", str(fd)]
             return subprocess.Popen(cmd, cwd=settings.BASE_DIR, pass_fds=(fd,))
 
         def start_worker(i):
@@ -129,14 +123,12 @@ class Command(BaseCommand):
         signal.signal(signal.SIGTERM, lambda *a: (shutdown(), sys.exit(0)))
         self.stdout.write(f"Serving on http://{host}:{port}/ with {web_processes} web process(es) and "
                           f"{workers} worker(s) on queues {queues}")
-        from daphne.cli import CommandLineInterface
+        from feedback_app.web import serve
 
-        if not listeners:
-            bind = ["-b", host, "-p", str(port)]
-        else:
-            # daphne closes the descriptor it adopts: give it a copy
-            bind = ["-e", f"fd:fileno={os.dup(listeners[0].fileno())}"]
         try:
-            CommandLineInterface().run([*bind, *proxy, APP])
+            if listeners:
+                serve(listeners[0])
+            else:
+                serve(host=host, port=port)
         finally:
             shutdown()

@@ -1,0 +1,145 @@
+"""The production server, `manage.py serve` (uvicorn, feedback_app/web.py), in a child process: pages,
+static files, the API and live updates over a websocket, one web process and two (which need Redis);
+the client address it hands the app, with and without a trusted proxy in front.
+
+The server runs against the test database (tests/test_faults.py's Server helper)."""
+
+import contextlib
+import os
+import socket
+
+import pytest
+from websockets.sync.client import connect
+
+from annotation.models import LoginAttempt, Role
+
+from .factories import PASSWORD, add_member, full_answer, make_items, make_project, wait_until
+from .test_faults import Server, call, session_cookie
+
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture
+def server(tmp_path, request):
+    env = getattr(request, "param", {})
+    s = Server(tmp_path, **env)
+    yield s.start()
+    s.stop()
+
+
+def _websocket(server, project, user):
+    return connect(f"ws://127.0.0.1:{server.port}/ws/projects/{project.pk}/live/", open_timeout=10,
+                   additional_headers={"Cookie": session_cookie(user), "Origin": server.url})
+
+
+def web_children(server) -> list[int]:
+    """Pids of the web processes the server started (`python -m feedback_app.web`)."""
+    out = []
+    for pid in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == server.proc.pid and b"feedback_app.web" in cmd:
+            out.append(int(pid))
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _submit(server, project, item, token) -> int:
+    claimed = call("POST", f"{server.url}/api/projects/{project.pk}/next/", token=token)
+    assert claimed.status == 200 and claimed.json()["id"] == item.pk, claimed
+    body = {"data": full_answer(item), "time_spent_ms": 1000}
+    return call("POST", f"{server.url}/api/projects/{project.pk}/items/{item.pk}/answer/", token=token,
+                body=body).status
+
+
+def test_serves_pages_static_files_the_api_and_live_updates(server):
+    project = make_project(answers_per_item=1)
+    viewer = add_member(project, Role.VIEWER)
+    annotator = add_member(project, Role.ANNOTATOR)
+    token = call("POST", f"{server.url}/api/auth/token/", body={"username": annotator.username, "password": PASSWORD})
+    assert token.status == 200, token
+    item = make_items(project, count=2)[0]
+
+    login = call("GET", f"{server.url}/accounts/login/")
+    assert login.status == 200 and b"<form" in login.body
+    assert login.headers.get("Server") is None  # no server banner
+    assert "script-src" in login.headers["Content-Security-Policy"]
+    script = call("GET", f"{server.url}/static/annotation/live.js")
+    assert script.status == 200 and script.body
+
+    with _websocket(server, project, viewer) as ws:
+        assert 'id="stat-answers">0<' in ws.recv(timeout=10)  # the dashboard as it is on connect
+        assert _submit(server, project, item, token.json()["token"]) == 201
+        pushed = ws.recv(timeout=10)
+    assert 'id="stat-answers">1<' in pushed and annotator.username in pushed
+
+
+def test_a_websocket_from_another_site_is_refused(server):
+    project = make_project()
+    viewer = add_member(project, Role.VIEWER)
+    with pytest.raises(Exception) as refused:
+        connect(f"ws://127.0.0.1:{server.port}/ws/projects/{project.pk}/live/", open_timeout=10,
+                additional_headers={"Cookie": session_cookie(viewer), "Origin": "http://evil.example"}).close()
+    assert "403" in str(refused.value)
+
+
+@pytest.mark.skipif(not os.environ.get("REDIS_URL"), reason="two web processes need Redis (REDIS_URL)")
+@pytest.mark.parametrize("server", [{"WEB_PROCESSES": "2"}], indirect=True)
+def test_two_web_processes_push_to_every_websocket(server):
+    """The kernel spreads connections over both processes (SO_REUSEPORT); a submit on either reaches
+    the dashboards open on both, through Redis."""
+    project = make_project(answers_per_item=1)
+    viewer = add_member(project, Role.VIEWER)
+    annotator = add_member(project, Role.ANNOTATOR)
+    token = call("POST", f"{server.url}/api/auth/token/",
+                 body={"username": annotator.username, "password": PASSWORD}).json()["token"]
+    items = make_items(project, count=4)
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(_websocket(server, project, viewer)) for _ in range(6)]
+        for ws in sockets:
+            ws.recv(timeout=10)
+        for done, item in enumerate(items, start=1):
+            assert _submit(server, project, item, token) == 201
+            for ws in sockets:
+                assert f'id="stat-answers">{done}<' in ws.recv(timeout=10)
+    children = web_children(server)
+    assert len(children) == 1, children
+    server.kill9()  # the supervisor: its web process must not live on as an orphan
+    wait_until("the orphaned web process to exit", lambda: not any(alive(p) for p in children), 20)
+
+
+def _failed_login(server, username, headers):
+    reply = call("POST", f"{server.url}/api/auth/token/", body={"username": username, "password": "wrong"},
+                 headers=headers)
+    assert reply.status == 400, reply
+    return LoginAttempt.objects.get(username=username).ip
+
+
+@pytest.mark.parametrize("server, expected", [
+    ({}, "127.0.0.1"),  # straight to the server: a header anyone can send names nobody
+    ({"BEHIND_TLS_PROXY": "1"}, "203.0.113.7"),  # behind the proxy: the client it names
+], indirect=["server"])
+def test_the_client_address_comes_from_the_proxy_only_behind_one(server, expected):
+    headers = {"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https"}
+    assert _failed_login(server, f"nobody-{expected}", headers) == expected
+
+
+def test_sigterm_stops_the_server_cleanly(server):
+    """A deploy's SIGTERM: the server finishes, exits 0 and frees its port."""
+    assert call("GET", f"{server.url}/accounts/login/").status == 200
+    server.proc.terminate()
+    assert server.proc.wait(timeout=20) == 0, server.logs()
+    with pytest.raises(ConnectionRefusedError):  # nothing listens there any more
+        socket.create_connection(("127.0.0.1", server.port), timeout=5).close()
