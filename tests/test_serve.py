@@ -1,17 +1,21 @@
 """The production server, `manage.py serve` (uvicorn, feedback_app/web.py), in a child process: pages,
-static files, the API and live updates over a websocket, one web process and two (which need Redis);
+static files, the API and live updates over a websocket, one web process and two (which need Redis:
+connections handed out evenly, a killed web process replaced, none left behind by a killed server);
 the client address it hands the app, with and without a trusted proxy in front.
 
 The server runs against the test database (tests/test_faults.py's Server helper)."""
 
 import contextlib
 import os
+import signal
 import socket
+import time
 
 import pytest
 from websockets.sync.client import connect
 
 from annotation.models import LoginAttempt, Role
+from feedback_app.web import REPORT_S
 
 from .factories import PASSWORD, add_member, full_answer, make_items, make_project, wait_until
 from .test_faults import Server, call, session_cookie
@@ -46,6 +50,24 @@ def web_children(server) -> list[int]:
         if ppid == server.proc.pid and b"feedback_app.web" in cmd:
             out.append(int(pid))
     return out
+
+
+def open_connections(pid: int, port: int) -> set[int]:
+    """Socket inodes of the established TCP connections on `port` that process `pid` holds."""
+    held = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith("socket:["):
+                held.add(int(target[8:-1]))
+    established = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as f:
+            for line in list(f)[1:]:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
+                    established.add(int(fields[9]))
+    return held & established
 
 
 def alive(pid: int) -> bool:
@@ -97,27 +119,39 @@ def test_a_websocket_from_another_site_is_refused(server):
 
 @pytest.mark.skipif(not os.environ.get("REDIS_URL"), reason="two web processes need Redis (REDIS_URL)")
 @pytest.mark.parametrize("server", [{"WEB_PROCESSES": "2"}], indirect=True)
-def test_two_web_processes_push_to_every_websocket(server):
-    """The kernel spreads connections over both processes (SO_REUSEPORT); a submit on either reaches
-    the dashboards open on both, through Redis."""
+def test_two_web_processes_share_the_connections_and_push_to_every_websocket(server):
+    """The dispatcher hands the connections out evenly; a submit on either process reaches the
+    dashboards open on both, through Redis."""
     project = make_project(answers_per_item=1)
     viewer = add_member(project, Role.VIEWER)
     annotator = add_member(project, Role.ANNOTATOR)
     token = call("POST", f"{server.url}/api/auth/token/",
                  body={"username": annotator.username, "password": PASSWORD}).json()["token"]
     items = make_items(project, count=4)
+    children = web_children(server)
+    assert len(children) == 2, children
     with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(_websocket(server, project, viewer)) for _ in range(6)]
-        for ws in sockets:
-            ws.recv(timeout=10)
+        sockets = []
+        for _ in range(6):
+            sockets.append(stack.enter_context(_websocket(server, project, viewer)))
+            sockets[-1].recv(timeout=10)
+            time.sleep(2 * REPORT_S)  # each process reports its open connections at most this often
+        assert sorted(len(open_connections(pid, server.port)) for pid in children) == [3, 3]
         for done, item in enumerate(items, start=1):
             assert _submit(server, project, item, token) == 201
             for ws in sockets:
                 assert f'id="stat-answers">{done}<' in ws.recv(timeout=10)
-    children = web_children(server)
-    assert len(children) == 1, children
-    server.kill9()  # the supervisor: its web process must not live on as an orphan
-    wait_until("the orphaned web process to exit", lambda: not any(alive(p) for p in children), 20)
+
+    # A web process killed: the server starts another; meanwhile the other one takes the connections.
+    os.kill(children[0], signal.SIGKILL)
+    wait_until("the web process to die", lambda: not alive(children[0]), 10)
+    for _ in range(5):
+        assert call("GET", f"{server.url}/accounts/login/").status == 200
+    wait_until("a new web process", lambda: len(web_children(server)) == 2, 30, logs=server.logs)
+    assert children[0] not in web_children(server)
+
+    server.kill9()  # the supervisor: its web processes must not live on as orphans
+    wait_until("the orphaned web processes to exit", lambda: not any(alive(p) for p in children), 20)
 
 
 def _failed_login(server, username, headers):

@@ -6,11 +6,10 @@ Workers are `manage.py db_worker` processes for the `default` queue (imports,
 scoring) and the `gpu` queue (training); they restart if they exit. Pass
 --workers 0 to run them elsewhere (any machine that reaches the same database).
 
---web-processes N (or WEB_PROCESSES=N) runs N web processes on the same port: this command
-opens one listening socket per process with SO_REUSEPORT, so the kernel spreads new connections
-evenly over them, and hands each to its web process (`python -m feedback_app.web --fd FD`). One
-web process runs Django's sync code under one GIL, so more processes use more CPU cores. With more
-than one, live updates need a shared channel layer (REDIS_URL).
+--web-processes N (or WEB_PROCESSES=N) runs N web processes (`python -m feedback_app.web`): this
+command then accepts the connections on the port and hands each to the web process with the fewest
+open (feedback_app/web.py). One web process runs Django's sync code under one GIL, so more processes
+use more CPU cores. With more than one, live updates need a shared channel layer (REDIS_URL).
 """
 
 import os
@@ -23,6 +22,7 @@ import time
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
+
 
 class Command(BaseCommand):
     help = "Serve the app over HTTP and websockets, with background workers."
@@ -43,29 +43,25 @@ class Command(BaseCommand):
                                "reaches one process only.")
         stop = threading.Event()
         procs: list[subprocess.Popen] = []
-        webs: list[subprocess.Popen] = []
-        listeners: list[socket.socket] = []
+        webs: list[subprocess.Popen | None] = [None] * web_processes if web_processes > 1 else []
+        dispatcher = None
         if web_processes > 1:
-            # A listening socket per web process, all on the port (SO_REUSEPORT): the kernel balances new
-            # connections over them. One socket shared by all processes is not balanced: whichever process
-            # wakes first accepts a whole burst of keep-alive connections and keeps them.
-            if port == 0:
-                raise CommandError("--web-processes above 1 needs a fixed --port.")
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            for _ in range(web_processes):
-                sock = socket.socket(family, socket.SOCK_STREAM)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                sock.bind((host, port))
-                sock.listen(1024)
-                sock.set_inheritable(True)
-                listeners.append(sock)
+            from feedback_app.web import Dispatcher
+
+            # One listening socket, accepted on here: each connection goes to the web process with the
+            # fewest open (feedback_app/web.py says why not SO_REUSEPORT's hash).
+            listener = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET,
+                                            backlog=1024)
+            dispatcher = Dispatcher(listener)
 
         def start_web(i):
-            """Web process i + 1 (this process is the first), on its own socket; kept open here for restarts."""
-            fd = listeners[i + 1].fileno()
-            cmd = [sys.executable, "-m", "feedback_app.web", "--fd", str(fd)]
-            return subprocess.Popen(cmd, cwd=settings.BASE_DIR, pass_fds=(fd,))
+            """Web process i, on a fresh channel from the dispatcher."""
+            channel = dispatcher.channel_for(i)
+            cmd = [sys.executable, "-m", "feedback_app.web", "--channel", str(channel.fileno())]
+            try:
+                return subprocess.Popen(cmd, cwd=settings.BASE_DIR, pass_fds=(channel.fileno(),))
+            finally:
+                channel.close()
 
         def start_worker(i):
             cmd = [sys.executable, "manage.py", "db_worker", "--queue-name", queues, "--interval", "0.5",
@@ -93,19 +89,21 @@ class Command(BaseCommand):
                     if p.poll() is not None and not stop.is_set():
                         self.stderr.write(f"worker {i} exited with {p.returncode}; restarting")
                         procs[i] = start_worker(i)
-                for i, p in enumerate(webs):
-                    if p.poll() is not None and not stop.is_set():
-                        self.stderr.write(f"web process {i + 2} exited with {p.returncode}; restarting")
-                        webs[i] = start_web(i)
                 if time.monotonic() >= next_reap:
                     reap()
                     next_reap = time.monotonic() + 15
                 stop.wait(2)
 
+        def restart_webs():
+            for i, p in enumerate(webs):
+                if p.poll() is not None and not stop.is_set():
+                    self.stderr.write(f"web process {i + 1} exited with {p.returncode}; restarting")
+                    webs[i] = start_web(i)
+
         for i in range(workers):
             procs.append(start_worker(i))
-        for i in range(web_processes - 1):
-            webs.append(start_web(i))
+        for i in range(len(webs)):
+            webs[i] = start_web(i)
         threading.Thread(target=supervise, daemon=True).start()
 
         def shutdown(*_):
@@ -123,12 +121,14 @@ class Command(BaseCommand):
         signal.signal(signal.SIGTERM, lambda *a: (shutdown(), sys.exit(0)))
         self.stdout.write(f"Serving on http://{host}:{port}/ with {web_processes} web process(es) and "
                           f"{workers} worker(s) on queues {queues}")
-        from feedback_app.web import serve
-
         try:
-            if listeners:
-                serve(listeners[0])
-            else:
+            if dispatcher is None:
+                from feedback_app.web import serve
+
                 serve(host=host, port=port)
+            else:
+                while not stop.is_set():
+                    dispatcher.run_once(timeout=1.0)
+                    restart_webs()
         finally:
             shutdown()
