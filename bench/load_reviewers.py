@@ -8,7 +8,7 @@ item (POST /api/projects/<id>/next/) and submitting a full answer to it
     .venv/bin/python bench/load_reviewers.py --steps 1000000 --json /tmp/load-1m.json
     .venv/bin/python bench/load_reviewers.py --steps 10000 -c 16 --rate 100  # paced: 100 answers/s in all
 
-The server is the production one: `manage.py serve` (daphne, a supervised db_worker, DEBUG off, a
+The server is the production one: `manage.py serve` (uvicorn, a supervised db_worker, DEBUG off, a
 SECRET_KEY, static files by WhiteNoise) on a free port, against PostgreSQL (BENCH_PG, default
 postgres://postgres@127.0.0.1:5432) and Redis (BENCH_REDIS, default redis://127.0.0.1:6379/5).
 
@@ -238,7 +238,7 @@ def main():
     for c, s in results:
         print(row(c, s))
     print("(latency measured by the client; cycle = next + submit of one answer; server CPU: the server's "
-          "processes (daphne, db_worker), % of one core; machine busy: all CPUs, PostgreSQL and the client included; "
+          "processes (dispatcher, web processes, db_worker), % of one core; machine busy: all CPUs, PostgreSQL and the client included; "
           "CPU ms per answer: the server's and the bench database's PostgreSQL backends' CPU time over the level "
           "(warm-up included) per answer submitted in it, which the machine's other load hardly changes)")
     for c, s in results:

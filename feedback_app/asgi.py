@@ -3,8 +3,8 @@
 Every view of the app is synchronous. Django's own ASGI handler runs each request in a thread started
 for that request and hops between it and the event loop several times (its sync middleware wraps an
 async inner handler that wraps the sync view again); that took about a third of the server's CPU in
-the review loop. a2wsgi hands each request to the WSGI handler on a small fixed pool of threads
-instead (WEB_THREADS): one hop in and a few queued sends out, request bodies and responses in chunks.
+the review loop. feedback_app/bridge.py hands each request to the WSGI handler on a small fixed pool
+of threads instead (WEB_THREADS): the body read first, one hop in, the whole response back in one.
 
 Long streams (export downloads and import uploads) hold their thread for as long as the client takes,
 so they still go through Django's ASGI handler, a thread each, and never fill the pool that serves
@@ -21,13 +21,13 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "feedback_app.settings")
 django_wsgi_app = get_wsgi_application()  # also django.setup(), before anything below imports models
 django_asgi_app = get_asgi_application()
 
-from a2wsgi import WSGIMiddleware  # noqa: E402
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
 
 from annotation.routing import websocket_urlpatterns  # noqa: E402
+from feedback_app.bridge import PooledWSGI  # noqa: E402
 
 # export downloads (page and API) and import uploads (page and API)
 STREAMS = re.compile(r"^/(api/)?projects/\d+/(export/(download/)?|imports/)$")
@@ -46,7 +46,9 @@ class HttpRouter:
 
 application = ProtocolTypeRouter(
     {
-        "http": HttpRouter(WSGIMiddleware(django_wsgi_app, workers=settings.WEB_THREADS), django_asgi_app),
+        "http": HttpRouter(PooledWSGI(django_wsgi_app, workers=settings.WEB_THREADS,
+                                      max_body=settings.DATA_UPLOAD_MAX_MEMORY_SIZE),
+                           django_asgi_app),
         "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )

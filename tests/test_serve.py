@@ -6,10 +6,13 @@ the client address it hands the app, with and without a trusted proxy in front.
 The server runs against the test database (tests/test_faults.py's Server helper)."""
 
 import contextlib
+import json
 import os
 import signal
 import socket
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 from websockets.sync.client import connect
@@ -177,3 +180,14 @@ def test_sigterm_stops_the_server_cleanly(server):
     assert server.proc.wait(timeout=20) == 0, server.logs()
     with pytest.raises(ConnectionRefusedError):  # nothing listens there any more
         socket.create_connection(("127.0.0.1", server.port), timeout=5).close()
+
+
+def test_a_body_over_the_limit_gets_413_and_the_server_goes_on(server, settings):
+    too_long = b"[" + b"0," * (settings.DATA_UPLOAD_MAX_MEMORY_SIZE // 2) + b"0]"
+    request = urllib.request.Request(f"{server.url}/api/auth/token/", data=too_long, method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=20)
+    assert refused.value.code == 413
+    assert "DATA_UPLOAD_MAX_MEMORY_SIZE" in json.loads(refused.value.read())["detail"]
+    assert call("GET", f"{server.url}/accounts/login/").status == 200
