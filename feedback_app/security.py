@@ -145,10 +145,11 @@ class LoginThrottled(APIException):
 
 
 def client_address(request) -> str:
-    """The address the request came from, as the server saw it. `manage.py serve` runs daphne with
-    --proxy-headers, so behind a proxy this is the proxy's X-Forwarded-For client; the proxy must
-    set that header itself (not append to one the client sent), or the per-address limit can be
-    dodged. The per-username limit does not depend on it."""
+    """The address the request came from, as the server saw it. With BEHIND_TLS_PROXY=1 `manage.py
+    serve` takes it from X-Forwarded-For (feedback_app/web.py), so behind a proxy this is the
+    proxy's client; the proxy must set that header itself (not append to one the client sent)
+    unless FORWARDED_ALLOW_IPS names the proxy, or the per-address limit can be dodged
+    (docs/security.md). The per-username limit does not depend on it."""
     if request is None:
         return ""
     return str(request.META.get("REMOTE_ADDR") or "")[:64]

@@ -166,10 +166,12 @@ def _failed_login(server, username, headers):
 
 @pytest.mark.parametrize("server, expected", [
     ({}, "127.0.0.1"),  # straight to the server: a header anyone can send names nobody
-    ({"BEHIND_TLS_PROXY": "1"}, "203.0.113.7"),  # behind the proxy: the client it names
+    ({"BEHIND_TLS_PROXY": "1"}, "198.51.100.1"),  # behind the proxy: the first address it names
+    # the proxy named: the last address that is not the proxy's, whatever the client put before it
+    ({"BEHIND_TLS_PROXY": "1", "FORWARDED_ALLOW_IPS": "127.0.0.1"}, "203.0.113.7"),
 ], indirect=["server"])
 def test_the_client_address_comes_from_the_proxy_only_behind_one(server, expected):
-    headers = {"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https"}
+    headers = {"X-Forwarded-For": "198.51.100.1, 203.0.113.7", "X-Forwarded-Proto": "https"}
     assert _failed_login(server, f"nobody-{expected}", headers) == expected
 
 
