@@ -5,7 +5,7 @@ N it starts N of them as `python -m feedback_app.web --channel FD`, and its main
 dispatcher: it accepts every connection on the port and hands it, over a Unix socket (SCM_RIGHTS), to
 the web process with the fewest open connections; each web process reports that count back. The
 kernel's own spreading (SO_REUSEPORT) hashes the client's address and port, so a few long keep-alive
-connections (16 reviewers, or a proxy's upstream pool) often split 13 to 3, and the busier process,
+connections (16 reviewers, or a proxy's upstream pool) can split 13 to 3, and the busier process,
 one GIL, one core, falls behind while the other idles (docs/architecture.md).
 
 The server: uvloop's event loop, httptools' HTTP parser and the websockets library's sans-I/O protocol.
