@@ -164,7 +164,7 @@ def submit(item: Item, user, data: dict, time_spent_ms=0) -> SubmitResult:
     project = item.project
     with transaction.atomic():
         locked = _lock(item)
-        answer = rawsql.first(Answer, rawsql.select(Answer, "item_id = %s AND user_id = %s"), [locked.pk, user.pk])
+        answer = next(iter(own_answers(locked, user)), None)
         if answer is not None and answer.status == Answer.Status.SUBMITTED:
             if answer.data == cleaned:
                 return SubmitResult(answer, created=False)

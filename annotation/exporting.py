@@ -293,10 +293,11 @@ def _chunks(project: Project, filters: ExportFilters, parts: frozenset[str] | No
     project_block = {"id": project.pk, "name": project.name, "kind": project.kind,
                      "guidelines_version": project.guidelines_version}
 
+    wants = (lambda name: True) if parts is None else parts.__contains__
+
     def fetch(rows):
         """The chunk's payloads, latest predictions, answers and finals: one query each."""
         ids = ",".join(str(int(r[0])) for r in rows)
-        wants = (lambda name: True) if parts is None else parts.__contains__
         payloads = dict(sql.run(sql.payloads, ids)) if wants("payload") else {}
         predictions = {p[0]: p for p in sql.run(sql.predictions, ids)} if wants("prediction") else {}
         answers: dict[int, list] = {}

@@ -19,14 +19,10 @@ def qn(name: str) -> str:
 
 
 @cache
-def _column_list(model, alias: str) -> str:
-    prefix = f"{alias}." if alias else ""
-    return ", ".join(prefix + connection.ops.quote_name(f.column) for f in model._meta.concrete_fields)
-
-
 def columns(model, alias: str = "") -> str:
     """Every concrete column of `model`, in field order, optionally prefixed with a table alias."""
-    return _column_list(model, alias)
+    prefix = f"{alias}." if alias else ""
+    return ", ".join(prefix + qn(f.column) for f in model._meta.concrete_fields)
 
 
 def table(model) -> str:
@@ -58,13 +54,18 @@ def _converters(fields: tuple) -> list[tuple[int, list, object]]:
             for i, expression in _converted(fields, connection.vendor)]
 
 
+def _apply(converters, values: list) -> list:
+    """`values` (one row) with each converted position run through its converters, in place."""
+    for i, funcs, expression in converters:
+        for fn in funcs:
+            values[i] = fn(values[i], expression, connection)
+    return values
+
+
 def convert(field, value):
     """One value of `field` as read from a cursor, through the ORM's converters (e.g. an aggregate's
     datetime, which SQLite hands back as text)."""
-    for _, funcs, expression in _converters((field,)):
-        for converter in funcs:
-            value = converter(value, expression, connection)
-    return value
+    return _apply(_converters((field,)), [value])[0]
 
 
 def rows(model, sql: str, params, *, extra: dict | None = None) -> list:
@@ -82,10 +83,7 @@ def rows(model, sql: str, params, *, extra: dict | None = None) -> list:
     n = len(model._meta.concrete_fields)
     out = []
     for row in data:
-        values = list(row)
-        for i, funcs, expression in converters:
-            for convert in funcs:
-                values[i] = convert(values[i], expression, connection)
+        values = _apply(converters, list(row))
         obj = model.from_db(connection.alias, None, values[:n])
         for name, value in zip(extra, values[n:]):
             setattr(obj, name, value)
@@ -126,13 +124,19 @@ def insert(obj) -> None:
     obj._state.adding, obj._state.db = False, connection.alias
 
 
+@cache
+def _update_sql(model, field_names: tuple, vendor: str) -> tuple[str, list]:
+    meta = model._meta
+    fields = [meta.get_field(name) for name in field_names]
+    sql = (f"UPDATE {table(model)} SET {', '.join(qn(f.column) + ' = %s' for f in fields)}"
+           f" WHERE {qn(meta.pk.column)} = %s")
+    return sql, fields
+
+
 def update(obj, field_names) -> None:
     """UPDATE the named fields of a saved instance by its primary key (Model.save(update_fields=...) without
-    signals or the ORM's compiler)."""
-    meta = type(obj)._meta
-    fields = [meta.get_field(name) for name in field_names]
-    sql = (f"UPDATE {table(type(obj))} SET {', '.join(qn(f.column) + ' = %s' for f in fields)}"
-           f" WHERE {qn(meta.pk.column)} = %s")
+    signals or the ORM's compiler), with SQL built once per model and fields."""
+    sql, fields = _update_sql(type(obj), tuple(field_names), connection.vendor)
     values = [f.get_db_prep_save(f.pre_save(obj, False), connection) for f in fields]
     with connection.cursor() as cursor:
         cursor.execute(sql, [*values, obj.pk])

@@ -102,7 +102,7 @@ if DATABASE_URL:
         # A fixed test database name, so live-server tests in other processes find it.
         DATABASES["default"]["TEST"] = {"NAME": "test_feedback" + os.environ.get("TEST_DB_SUFFIX", "")}
         if env_bool("DATABASE_POOL", True):
-            # Every request runs in a fresh copy of the server's context (feedback_app/asgi.py), so Django's
+            # Every request runs in a fresh copy of the server's context (feedback_app/bridge.py), so Django's
             # persistent connection (CONN_MAX_AGE, kept per context) is never reused and each request would
             # open one (10+ ms, a server process). A pool per process lends connections to the requests
             # instead; each is checked when lent (CONN_HEALTH_CHECKS).

@@ -50,8 +50,6 @@ API_ROUTES = [r for r in ROUTES if r[3]]
 UNSAFE = ("post", "put", "patch", "delete")
 
 
-
-
 def _param(routes):
     return [pytest.param(*r, id=r[1]) for r in routes]
 
