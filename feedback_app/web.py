@@ -104,7 +104,9 @@ class Dispatcher:
                 self._report(key.data)
 
     def _report(self, i: int) -> None:
-        chan = self.channels[i]
+        chan = self.channels.get(i)
+        if chan is None:  # dropped earlier in this round (a hand-over found it broken)
+            return
         try:
             while True:
                 msg = chan.recv(64)

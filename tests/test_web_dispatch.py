@@ -76,6 +76,28 @@ def test_a_web_process_that_is_gone_gets_nothing_more(dispatcher):
     assert set(dispatcher.load) == {0}
 
 
+def test_a_connection_and_a_death_in_the_same_round(dispatcher):
+    """One select round can bring a new connection and the EOF of a web process that just died. Handing
+    the connection over first finds the channel broken and drops it; the EOF that follows in the same
+    round is of a channel no longer there, and must not stop the dispatcher (it once raised KeyError,
+    and the whole server shut down)."""
+    a, b = dispatcher.channel_for(0), dispatcher.channel_for(1)
+    dispatcher.load[1] = -1  # process 1 looks least loaded: it is picked first
+    b.close()
+    client = socket.create_connection(dispatcher.listener.getsockname(), timeout=5)
+    try:
+        for _ in range(50):  # until the connection is in the accept queue
+            dispatcher._accept()
+            if dispatcher.handed.get(0):
+                break
+        assert set(dispatcher.load) == {0} and len(received(a)) == 1
+        dispatcher._report(1)  # the EOF event of the same round
+        dispatcher.run_once(timeout=0.02)
+        assert set(dispatcher.load) == {0}
+    finally:
+        client.close()
+
+
 def test_a_restarted_web_process_starts_from_nothing(dispatcher):
     a, b = dispatcher.channel_for(0), dispatcher.channel_for(1)
     dispatcher.connect(2)
