@@ -49,38 +49,60 @@ def latest_prediction(item: Item) -> Prediction | None:
 
 
 _PAYLOAD = ItemPayload._meta.get_field("data")
-# the payload's data, then every column of the newest prediction (NULLs when there is none)
-_PREDICTION = {f"prediction_{f.attname}": f for f in Prediction._meta.concrete_fields}
 
 
-def _read_with_payload(where: str, params) -> Item | None:
-    """An item (alias i) with its payload and newest prediction, in one statement."""
+def _read_with_payload(where: str, params, *, answer_of=None, lock: bool = False) -> Item | None:
+    """An item (alias i) with its payload and newest prediction, in one statement.
+
+    `answer_of`: a user whose answer to the item (draft or not) comes in the same row, read by
+    own_answers(). `lock`: the item's row is locked (FOR UPDATE OF i; a plain read on SQLite, whose
+    write transactions already hold the database's lock)."""
+    answer_t = rawsql.table(Answer)
     sql = (f"SELECT {rawsql.columns(Item, 'i')}, p.{rawsql.qn(_PAYLOAD.column)}, {rawsql.columns(Prediction, 'pr')}"
+           f"{', ' + rawsql.columns(Answer, 'a') if answer_of else ''}"
            f" FROM {rawsql.table(Item)} i JOIN {rawsql.table(ItemPayload)} p ON p.item_id = i.id"
            f" LEFT JOIN {rawsql.table(Prediction)} pr ON pr.id = (SELECT id FROM {rawsql.table(Prediction)}"
-           f" WHERE item_id = i.id ORDER BY created_at DESC, id DESC LIMIT 1) WHERE {where}")
-    item = rawsql.first(Item, sql, params, extra={"payload_data": _PAYLOAD, **_PREDICTION})
+           " WHERE item_id = i.id ORDER BY created_at DESC, id DESC LIMIT 1)"
+           f"{f' LEFT JOIN {answer_t} a ON a.item_id = i.id AND a.user_id = %s' if answer_of else ''}"
+           f" WHERE {where}")
+    if lock and connection.features.has_select_for_update_of:
+        sql += " FOR UPDATE OF i"
+    extra = {"payload_data": _PAYLOAD, **rawsql.joined(Prediction, "prediction_")}
+    if answer_of:
+        extra.update(rawsql.joined(Answer, "answer_"))
+        params = [answer_of.pk, *params]
+    item = rawsql.first(Item, sql, params, extra=extra)
     if item is not None:
-        values = item.__dict__
-        item.payload = ItemPayload(item=item, data=values.pop("payload_data"))
+        item.payload = ItemPayload(item=item, data=item.__dict__.pop("payload_data"))
         item.payload._state.adding, item.payload._state.db = False, item._state.db
-        columns = [values.pop(name) for name in _PREDICTION]
-        item._latest_prediction = (Prediction.from_db(item._state.db, None, columns)
-                                   if columns[0] is not None else None)
+        item._latest_prediction = rawsql.take_joined(item, Prediction, "prediction_")
+        if answer_of:
+            answer = rawsql.take_joined(item, Answer, "answer_")
+            if answer is not None:
+                answer.user = answer_of
+            item._own_answers = (answer_of.pk, [answer] if answer is not None else [])
     return item
 
 
-def attach_payload(item: Item) -> Item:
-    """Read the payload and the newest prediction of an item that was read without them (one statement)."""
-    found = _read_with_payload("i.id = %s", [item.pk])
+def attach_payload(item: Item, *, answer_of=None) -> Item:
+    """Read the payload and the newest prediction of an item that was read without them, and `answer_of`'s
+    answer to it (see _read_with_payload), in one statement."""
+    found = _read_with_payload("i.id = %s", [item.pk], answer_of=answer_of)
     item.payload, item._latest_prediction = found.payload, found._latest_prediction
+    if answer_of:
+        item._own_answers = found._own_answers
     return item
+
+
+def _valid_id(item_id) -> bool:
+    """False for ids no row can have (and that the database could not even compare)."""
+    return 0 < int(item_id) < 2**63
 
 
 def live_item(project, item_id: int, *, with_payload: bool = True) -> Item | None:
     """An item of the project that finished importing, or None; with its payload and newest prediction in
     the same query."""
-    if not 0 < int(item_id) < 2**63:  # no row has such an id (and the database could not even compare it)
+    if not _valid_id(item_id):
         return None
     where, params = "i.id = %s AND i.project_id = %s AND i.state <> %s", [item_id, project.pk, Item.State.STAGED.value]
     if with_payload:
@@ -89,7 +111,11 @@ def live_item(project, item_id: int, *, with_payload: bool = True) -> Item | Non
 
 
 def own_answers(item: Item, user) -> list[Answer]:
-    """The user's answer to the item (draft or not), as a list of zero or one, with its user attached."""
+    """The user's answer to the item (draft or not), as a list of zero or one, with its user attached
+    (no query when the item was read with it: attach_payload(answer_of=user))."""
+    cached = getattr(item, "_own_answers", None)
+    if cached is not None and cached[0] == user.pk:
+        return cached[1]
     answers = rawsql.rows(Answer, rawsql.select(Answer, "item_id = %s AND user_id = %s"), [item.pk, user.pk])
     for answer in answers:
         answer.user = user
@@ -135,36 +161,63 @@ def save_draft(item: Item, user, data: dict, time_spent_ms=0) -> Answer:
 
 def _lock(item: Item) -> Item:
     """The item's row, read again under its row lock (a plain read on SQLite, whose write transactions
-    already hold the database's lock), with the caller's project and payload attached."""
-    lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
-    locked = rawsql.first(Item, rawsql.select(Item, "id = %s", lock), [item.pk])
-    locked.project = item.project  # resolve_final reads both: no second query for either
+    already hold the database's lock), with the caller's project attached. Its payload and newest
+    prediction come along: from `item` when the caller read them, otherwise in the same statement.
+    An item outside `item.project`, or still being imported, is not found (404)."""
     if Item.payload.is_cached(item):
-        locked.payload = item.payload
+        lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
+        locked = rawsql.first(Item, rawsql.select(Item, "id = %s AND project_id = %s", lock),
+                              [item.pk, item.project_id])
+        if locked is not None:
+            locked.payload = item.payload
+            if hasattr(item, "_latest_prediction"):
+                locked._latest_prediction = item._latest_prediction
+    else:
+        locked = None
+        if _valid_id(item.pk):
+            locked = _read_with_payload("i.id = %s AND i.project_id = %s AND i.state <> %s",
+                                        [item.pk, item.project_id, Item.State.STAGED.value], lock=True)
+    if locked is None:
+        raise AnswerError("No such item in this project.", status=404)
+    locked.project = item.project  # resolve_final reads both: no second query for either
     return locked
 
 
-def _leases(item: Item, user, now) -> tuple[bool, int, object]:
-    """(the user holds an active lease, active leases of others, when the user's lease began or None)."""
+def _own_answer_and_leases(item: Item, user, now) -> tuple[Answer | None, bool, int, object]:
+    """(the user's answer to the item or None, the user holds an active lease, active leases of others,
+    when the user's lease began or None), in one statement. Read after the item's row lock is taken, so
+    it sees every answer and lease committed before."""
     at = connection.ops.adapt_datetimefield_value(now)
-    sql = ("SELECT COALESCE(SUM(CASE WHEN user_id = %s AND expires_at > %s THEN 1 ELSE 0 END), 0),"
-           " COALESCE(SUM(CASE WHEN user_id <> %s AND expires_at > %s THEN 1 ELSE 0 END), 0),"
-           " MIN(CASE WHEN user_id = %s THEN created_at END)"
-           f" FROM {rawsql.table(Lease)} WHERE item_id = %s")
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [user.pk, at, user.pk, at, user.pk, item.pk])
-        own, others, began = cursor.fetchone()
-    return bool(own), int(others), rawsql.convert(Lease._meta.get_field("created_at"), began)
+    sql = (f"SELECT {rawsql.columns(Answer, 'a')}, l.own, l.others, l.began FROM ("
+           "SELECT COALESCE(SUM(CASE WHEN user_id = %s AND expires_at > %s THEN 1 ELSE 0 END), 0) AS own,"
+           " COALESCE(SUM(CASE WHEN user_id <> %s AND expires_at > %s THEN 1 ELSE 0 END), 0) AS others,"
+           " MIN(CASE WHEN user_id = %s THEN created_at END) AS began"
+           f" FROM {rawsql.table(Lease)} WHERE item_id = %s) l"
+           f" LEFT JOIN {rawsql.table(Answer)} a ON a.item_id = %s AND a.user_id = %s")
+    row = rawsql.first(Answer, sql, [user.pk, at, user.pk, at, user.pk, item.pk, item.pk, user.pk],
+                       extra={"lease_own": None, "lease_others": None,
+                              "lease_began": Lease._meta.get_field("created_at")})
+    values = row.__dict__
+    own, others, began = values.pop("lease_own"), values.pop("lease_others"), values.pop("lease_began")
+    answer = None
+    if row.pk is not None:  # the user has an answer (the LEFT JOIN found one)
+        answer = row
+        answer.user = user
+    return answer, bool(own), int(others), began
 
 
 def submit(item: Item, user, data: dict, time_spent_ms=0) -> SubmitResult:
     """Store the user's answer once. A second identical submit returns the stored answer; a changed
-    one is an edit (audited) as long as no reviewer has adjudicated the item."""
-    cleaned, model_version = _clean(item, data, final=True)
+    one is an edit (audited) as long as no reviewer has adjudicated the item.
+
+    `item` needs only its id and project: one that was read without its payload (the API's submit) is
+    read with it under the lock, and AnswerError(404) is raised when it is not a live item of the project."""
     project = item.project
     with transaction.atomic():
         locked = _lock(item)
-        answer = next(iter(own_answers(locked, user)), None)
+        cleaned, model_version = _clean(locked, data, final=True)
+        now = timezone.now()
+        answer, holds_lease, held_by_others, lease_began = _own_answer_and_leases(locked, user, now)
         if answer is not None and answer.status == Answer.Status.SUBMITTED:
             if answer.data == cleaned:
                 return SubmitResult(answer, created=False)
@@ -184,8 +237,6 @@ def submit(item: Item, user, data: dict, time_spent_ms=0) -> SubmitResult:
             raise AnswerError("This item is still being imported.", status=409)
         if locked.answer_count >= project.answers_per_item:
             raise AnswerError("This item already has all the answers it needs; your draft is kept.", status=409)
-        now = timezone.now()
-        holds_lease, held_by_others, lease_began = _leases(locked, user, now)
         if not holds_lease and locked.answer_count + held_by_others >= project.answers_per_item:
             raise AnswerError("Other reviewers hold every open place on this item; your draft is kept.",
                               status=409)

@@ -62,6 +62,21 @@ def _member_project(project_id: int, user_id: int) -> Project | None:
     return rawsql.first(Project, sql, [project_id, user_id], extra={"member_role": None})
 
 
+def remember_membership(user, project_id: int, project: Project | None) -> None:
+    """Note what _member_project read for this request: `project` with the user's `member_role`, or None
+    for a non-member. The role is cached like role_of's; the project is handed out once, to the next
+    get_project_for (the API's token lookup reads both in the same statement as the token)."""
+    roles = getattr(user, "_project_roles", None)
+    if roles is None:
+        roles = user._project_roles = {}
+    roles[project_id] = project.member_role if project is not None else None
+    if project is not None:
+        projects = getattr(user, "_member_projects", None)
+        if projects is None:
+            projects = user._member_projects = {}
+        projects[project_id] = project
+
+
 def get_project_for(user, project_id, capability: str) -> Project:
     """The project if the user may do `capability` in it; 404 for non-members, 403 for members who may not."""
     try:
@@ -70,20 +85,17 @@ def get_project_for(user, project_id, capability: str) -> Project:
         raise Http404("No such project") from None
     if not 0 < project_id < 2**63:  # no row has such an id (and SQLite cannot even compare one this large)
         raise Http404("No such project")
-    project = None
     cache = getattr(user, "_project_roles", None)
     if (getattr(user, "is_authenticated", False) and not user.is_superuser
             and (cache is None or project_id not in cache)):
         # The project and the user's role in it in one query (the role is cached for the rest of the request).
-        project = _member_project(project_id, user.pk)
-        if cache is None:
-            cache = user._project_roles = {}
-        cache[project_id] = project.member_role if project is not None else None
+        remember_membership(user, project_id, _member_project(project_id, user.pk))
     role = role_of(user, project_id)
     if role is None:
         raise Http404("No such project")
     if capability not in CAPABILITIES[role]:
         raise PermissionDenied(f"Your role ({role}) may not do this.")
+    project = getattr(user, "_member_projects", {}).pop(project_id, None)
     return project if project is not None else get_object_or_404(Project, pk=project_id)
 
 

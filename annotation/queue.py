@@ -154,30 +154,36 @@ def claim(project: Project, user, *, exclude=(), now=None) -> Item | None:
                         break
             if item is None:
                 return None
-            # Under READ COMMITTED the candidate query counts leases and answers in a snapshot
-            # taken before it locked the row: a claimer or submitter that committed in between
-            # is not counted. Everyone who changes an item's count holds its row lock until
-            # commit, so a fresh query now that we hold the lock sees them all.
-            if not locking:
+            lease = Lease(item=item, user=user, created_at=now, expires_at=now + lease_length(project))
+            if _lease(lease, recheck=_claimable_sql(project, user, now, pk=item.pk, select="exists")
+                      if locking else None):
                 break
-            sql, params = _claimable_sql(project, user, now, pk=item.pk, select="exists")
-            with connection.cursor() as cursor:
-                cursor.execute(sql, params)
-                if cursor.fetchone() is not None:
-                    break
             passed.append(item.pk)
-        # One upsert, in SQL (we hold the item's row lock, so no other claimer races us for it; an old
-        # expired lease of this user on the item is taken over).
-        lease = Lease(item=item, user=user, created_at=now, expires_at=now + lease_length(project))
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"INSERT INTO {rawsql.table(Lease)} (item_id, user_id, created_at, expires_at)"
-                " VALUES (%s, %s, %s, %s) ON CONFLICT (item_id, user_id)"
-                " DO UPDATE SET created_at = excluded.created_at, expires_at = excluded.expires_at",
-                [item.pk, user.pk, connection.ops.adapt_datetimefield_value(lease.created_at),
-                 connection.ops.adapt_datetimefield_value(lease.expires_at)])
     item.claimed_lease = lease  # the lease as stored (no query to read it back)
     return item
+
+
+def _lease(lease: Lease, *, recheck: tuple[str, list] | None = None) -> bool:
+    """Store `lease` in one upsert (an old expired lease of the user on the item is taken over). The
+    caller holds the item's row lock, so no other claimer races it for the item.
+
+    `recheck`: a query (SQL, parameters) that must still find the item, run in the same statement; False
+    when it did not, and nothing was stored. Under READ COMMITTED the candidate query counted leases
+    and answers in a snapshot taken before it locked the row, so a claimer or submitter that committed
+    in between was not counted; everyone who changes an item's count holds its row lock until commit,
+    so this statement, which starts once the lock is ours, sees them all."""
+    at = connection.ops.adapt_datetimefield_value
+    params = [lease.item_id, lease.user_id, at(lease.created_at), at(lease.expires_at)]
+    source = "VALUES (%s, %s, %s, %s)"
+    if recheck is not None:
+        source = f"SELECT %s, %s, %s, %s WHERE EXISTS ({recheck[0]})"
+        params += recheck[1]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {rawsql.table(Lease)} (item_id, user_id, created_at, expires_at) {source}"
+            " ON CONFLICT (item_id, user_id)"
+            " DO UPDATE SET created_at = excluded.created_at, expires_at = excluded.expires_at", params)
+        return cursor.rowcount > 0
 
 
 def renew(item: Item, user) -> bool:

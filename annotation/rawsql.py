@@ -62,12 +62,6 @@ def _apply(converters, values: list) -> list:
     return values
 
 
-def convert(field, value):
-    """One value of `field` as read from a cursor, through the ORM's converters (e.g. an aggregate's
-    datetime, which SQLite hands back as text)."""
-    return _apply(_converters((field,)), [value])[0]
-
-
 def rows(model, sql: str, params, *, extra: dict | None = None) -> list:
     """Run `sql`, whose columns are every concrete field of `model` in order (`columns(model)`) and then
     one column per name in `extra` ({attribute name: the model field it comes from, for its
@@ -89,6 +83,27 @@ def rows(model, sql: str, params, *, extra: dict | None = None) -> list:
             setattr(obj, name, value)
         out.append(obj)
     return out
+
+
+@cache
+def joined(model, prefix: str) -> dict:
+    """`extra` for `rows` naming every concrete field of another `model` read in the same row (its
+    columns in field order, `columns(model, alias)`), each as `prefix + attname`."""
+    return {f"{prefix}{f.attname}": f for f in model._meta.concrete_fields}
+
+
+@cache
+def _pk_position(model) -> int:
+    return model._meta.concrete_fields.index(model._meta.pk)
+
+
+def take_joined(obj, model, prefix: str):
+    """Remove the `joined(model, prefix)` values from `obj` and return them as a `model` instance, or None
+    when the join found no row (its primary key is NULL)."""
+    values = [obj.__dict__.pop(name) for name in joined(model, prefix)]
+    if values[_pk_position(model)] is None:
+        return None
+    return model.from_db(obj._state.db, None, values)
 
 
 def first(model, sql: str, params, *, extra: dict | None = None):

@@ -138,6 +138,89 @@ def test_missing_project_is_404_even_for_superuser(db):
     assert client_for(admin).get("/api/projects/424242/").status_code == 404
 
 
+# --- token calls: the caller's membership is read with the token -------------------------
+
+
+def token_client(user) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.get_or_create(user=user)[0].key}")
+    return client
+
+
+def test_token_calls_answer_by_membership(project, items, annotator, viewer, outsider):
+    """The token lookup also reads the caller's role in the URL's project; the answers are the same as
+    for a session: 404 for non-members, 403 for a role that may not, the call itself for one that may."""
+    assert token_client(annotator).post(url(project, "next/")).status_code == 200
+    assert token_client(viewer).post(url(project, "next/")).status_code == 403
+    assert token_client(viewer).get(url(project)).status_code == 200
+    assert token_client(outsider).post(url(project, "next/")).status_code == 404
+    assert token_client(outsider).get(url(project)).status_code == 404
+    for bad in ("0", "424242", str(2**63), str(10**30)):  # no such project, or no such id at all
+        assert token_client(annotator).get(f"/api/projects/{bad}/").status_code == 404, bad
+    # the role is read on every call: a removed member is a stranger on the next one
+    Membership.objects.filter(project=project, user=annotator).delete()
+    assert token_client(annotator).post(url(project, "next/")).status_code == 404
+    # an unknown token is still 401 on a project URL, and an inactive user's token too
+    bad = APIClient()
+    bad.credentials(HTTP_AUTHORIZATION="Token not-a-token")
+    assert bad.post(url(project, "next/")).status_code == 401
+    viewer.is_active = False
+    viewer.save()
+    assert token_client(viewer).get(url(project)).status_code == 401
+
+
+def test_token_calls_of_a_site_admin(project, items):
+    """Site admins act as managers in every project, members or not."""
+    admin = make_user("root", is_superuser=True, is_staff=True)
+    r = token_client(admin).post(url(project, "next/"))
+    assert r.status_code == 200 and r.json()["answers"] == []
+    assert token_client(admin).patch(url(project), {"guidelines": "New."}, format="json").status_code == 200
+    assert token_client(admin).get("/api/projects/424242/").status_code == 404
+
+
+def test_the_review_loop_through_a_token_reads_little(project, items, annotator, django_assert_max_num_queries):
+    """Each call of the review loop reads the token and the membership in one statement, and the submit
+    reads the item with its payload under the lock it takes anyway. A guard against a query creeping back
+    into the path every answer takes (counts include BEGIN and COMMIT where the backend sends them)."""
+    c = token_client(annotator)
+    with django_assert_max_num_queries(7):
+        r = c.post(url(project, "next/"))
+    assert r.status_code == 200
+    item = Item.objects.get(pk=r.json()["id"])
+    with django_assert_max_num_queries(11):
+        r = c.post(url(project, f"items/{item.pk}/answer/"), {"data": full_answer(item)}, format="json")
+    assert r.status_code == 201
+
+
+def test_next_returns_the_callers_draft_with_the_item(project, items, annotator):
+    """An annotator who comes back to the item they hold gets their draft with it (read with the payload)."""
+    c = token_client(annotator)
+    item = c.post(url(project, "next/")).json()
+    partial = {"steps": [{"step": 0, "verdict": "agree"}], "notes": "half done"}
+    assert c.post(url(project, f"items/{item['id']}/answer/"), {"data": partial, "draft": True},
+                  format="json").status_code == 200
+    again = c.post(url(project, "next/")).json()
+    assert again["id"] == item["id"]
+    assert [(a["status"], a["data"]["notes"]) for a in again["answers"]] == [("draft", "half done")]
+
+
+def test_submit_to_an_item_it_cannot_see_is_404(project, items, annotator):
+    """The submit finds its item under the row lock: another project's item, an item still being imported
+    and an id no row can have are 404, and nothing is stored."""
+    c = token_client(annotator)
+    other = make_project("Other")
+    foreign = make_items(other, count=1)[0]
+    staged = items[1]
+    Item.objects.filter(pk=staged.pk).update(state=Item.State.STAGED)
+    for item_id, item in ((foreign.pk, foreign), (staged.pk, staged), (2**63, None), (10**30, None)):
+        body = {"data": full_answer(item or items[0])}
+        r = c.post(url(project, f"items/{item_id}/answer/"), body, format="json")
+        assert r.status_code == 404 and r.json()["detail"] == "No such item in this project.", item_id
+    assert not Answer.objects.exists()
+    # a body of the wrong shape is refused before the item is looked up
+    assert c.post(url(project, f"items/{foreign.pk}/answer/"), {"time_spent_ms": -3}, format="json").status_code == 400
+
+
 # --- projects -----------------------------------------------------------------------
 
 

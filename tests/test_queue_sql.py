@@ -104,7 +104,8 @@ def test_rawsql_reads_rows_as_the_orm_does(db):
 
 
 def test_a_submit_without_time_spent_counts_it_from_the_lease(db):
-    """submit() reads the reviewer's lease in one aggregate (answers._leases): when the client sends no
+    """submit() reads the reviewer's lease in one aggregate, with their answer (answers._own_answer_and_leases):
+    when the client sends no
     time spent, the answer gets the time since the lease began, on every backend."""
     from annotation.answers import submit
 
@@ -119,3 +120,46 @@ def test_a_submit_without_time_spent_counts_it_from_the_lease(db):
     answer = submit(item, me, full_answer(item), time_spent_ms=0).answer
     assert 42_000 <= answer.time_spent_ms < 60_000
     assert not Lease.objects.filter(item=item, user=me).exists()
+
+
+def test_an_item_read_with_its_payload_carries_the_readers_answer(db):
+    """attach_payload(answer_of=user) reads the user's answer in the same row (joined columns through
+    rawsql.take_joined): their draft when they have one, none when they have not, never someone else's."""
+    from annotation.answers import attach_payload, own_answers
+
+    project = make_project(answers_per_item=2)
+    me, other = add_member(project, Role.ANNOTATOR), add_member(project, Role.ANNOTATOR)
+    item = make_items(project, count=1)[0]
+    Answer.objects.create(item=item, user=other, status=Answer.Status.SUBMITTED, data={"steps": [], "notes": "x"})
+    bare = Item.objects.get(pk=item.pk)
+    attach_payload(bare, answer_of=me)
+    assert own_answers(bare, me) == [] and bare.payload.data == item.payload.data
+    draft = Answer.objects.create(item=item, user=me, status=Answer.Status.DRAFT,
+                                  data={"steps": [{"step": 0, "verdict": "agree"}], "notes": "ü"})
+    bare = attach_payload(Item.objects.get(pk=item.pk), answer_of=me)
+    (mine,) = own_answers(bare, me)
+    assert (mine.pk, mine.data, mine.user) == (draft.pk, draft.data, me)
+    assert timezone.is_aware(mine.created_at) and not mine._state.adding
+    # what was read for one user is not handed to another
+    assert [a.user_id for a in own_answers(bare, other)] == [other.pk]
+
+
+def test_a_lease_is_stored_only_when_its_recheck_still_finds_the_item(db):
+    """claim() stores the lease in the statement that re-checks the rule once the row lock is held
+    (queue._lease): when the re-check finds the item gone (its places taken meanwhile) nothing is stored."""
+    project = make_project(answers_per_item=1)
+    me, other = add_member(project, Role.ANNOTATOR), add_member(project, Role.ANNOTATOR)
+    item = make_items(project, count=1)[0]
+    now = timezone.now()
+    lease = Lease(item=item, user=me, created_at=now, expires_at=now + timedelta(minutes=5))
+    Lease.objects.create(item=item, user=other, expires_at=now + timedelta(minutes=5))  # the only place is held
+    recheck = queue._claimable_sql(project, me, now, pk=item.pk, select="exists")
+    assert queue._lease(lease, recheck=recheck) is False
+    assert not Lease.objects.filter(user=me).exists()
+    Lease.objects.filter(user=other).delete()
+    recheck = queue._claimable_sql(project, me, now, pk=item.pk, select="exists")
+    assert queue._lease(lease, recheck=recheck) is True
+    assert Lease.objects.get(user=me).expires_at == lease.expires_at
+    # an expired lease of the same user on the item is taken over, not doubled
+    Lease.objects.filter(user=me).update(expires_at=now - timedelta(minutes=1))
+    assert queue._lease(lease) is True and Lease.objects.filter(user=me).count() == 1

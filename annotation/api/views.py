@@ -508,7 +508,8 @@ class NextItemView(ApiView):
         # The claim returned the item's row and the lease: only the payload and the prediction are left to
         # read. A claimable item is open, and an open item has no final label (resolve_final): none is read.
         item.project = self.project
-        attach_payload(item)
+        # The caller's own answer (a draft, if any) comes with the payload, unless they see every answer
+        attach_payload(item, answer_of=None if REVIEW in self.project_caps else request.user)
         if item.state == Item.State.OPEN:
             item.api_final = None
         detail = item_detail(item, request.user, self.project_caps, self.project, lease=item.claimed_lease)
@@ -535,13 +536,16 @@ class AnswerView(ApiView):
             "time_spent_ms": 41000, "draft": False})],
     )
     def post(self, request, project_id, item_id):
-        item = self.get_item(item_id)
         body = validated(s.AnswerWriteSerializer, request.data).validated_data
         try:
             if body["draft"]:
+                item = self.get_item(item_id)
                 answer, created = save_draft(item, request.user, body["data"], body["time_spent_ms"]), False
             else:
-                result = submit(item, request.user, body["data"], body["time_spent_ms"])
+                # submit() reads the item with its payload under the row lock it takes anyway (404 if the
+                # project has no such live item): one read instead of two
+                result = submit(Item(pk=item_id, project=self.project), request.user, body["data"],
+                                body["time_spent_ms"])
                 answer, created = result.answer, result.created
         except AnswerError as exc:
             raise answer_error(exc) from None
