@@ -163,3 +163,28 @@ def test_a_lease_is_stored_only_when_its_recheck_still_finds_the_item(db):
     # an expired lease of the same user on the item is taken over, not doubled
     Lease.objects.filter(user=me).update(expires_at=now - timedelta(minutes=1))
     assert queue._lease(lease) is True and Lease.objects.filter(user=me).count() == 1
+
+
+def test_the_review_loop_runs_prepared_on_postgresql(db):
+    """On PostgreSQL the loop's statements are prepared on the connection once they ran a few times
+    (DATABASE_PREPARED_STATEMENTS, on by default), and give the same results prepared as before."""
+    import pytest
+
+    if connection.vendor != "postgresql":
+        pytest.skip("prepared statements are PostgreSQL's")
+    from annotation.answers import submit
+
+    from .factories import full_answer
+
+    project = make_project(answers_per_item=1)
+    me = add_member(project, Role.ANNOTATOR)
+    make_items(project, count=8)
+    for _ in range(8):
+        item = queue.next_item(project, me)
+        assert item is not None and submit(Item(pk=item.pk, project=project), me, full_answer(item)).created
+    assert queue.next_item(project, me) is None  # each item answered once, in order, then nothing left
+    assert Answer.objects.filter(user=me).count() == 8
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements")
+        prepared = [row[0] for row in cursor.fetchall()]
+    assert any("FOR UPDATE OF i SKIP LOCKED" in sql for sql in prepared), prepared
