@@ -137,7 +137,8 @@ def claim(project: Project, user, *, exclude=(), now=None) -> Item | None:
             # Items the user skipped come last: first everything else (in index order), then the skipped ones.
             for skipped in (False, True):
                 sql, params = _claimable_sql(project, user, now, skipped=skipped, exclude=passed, lock=locking)
-                item = rawsql.first(Item, sql, params)
+                with rawsql.planned_each_run():  # its plan depends on how many answers there are
+                    item = rawsql.first(Item, sql, params)
                 if item is not None:
                     break
             if item is None and locking and len(passed) == len(exclude):

@@ -9,6 +9,7 @@ RawQuerySet it also converts extra columns by the field they come from, so one r
 with its payload and its newest prediction.
 """
 
+from contextlib import contextmanager
 from functools import cache
 
 from django.db import connection
@@ -155,3 +156,25 @@ def update(obj, field_names) -> None:
     values = [f.get_db_prep_save(f.pre_save(obj, False), connection) for f in fields]
     with connection.cursor() as cursor:
         cursor.execute(sql, [*values, obj.pk])
+
+
+@contextmanager
+def planned_each_run():
+    """Statements run inside are not prepared (PostgreSQL with DATABASE_PREPARED_STATEMENTS): the server
+    plans each run with its parameters and the tables' current size.
+
+    For a statement whose best plan depends on how much data there is. A prepared statement keeps its
+    generic plan until the next ANALYZE of its tables; planned while the answers table was nearly empty,
+    the queue's candidate walk re-read every answer of the reviewer for each item it passed, and the
+    claim grew quadratically with the reviewer's answers until autovacuum caught up."""
+    connection.ensure_connection()
+    raw = connection.connection
+    threshold = getattr(raw, "prepare_threshold", None) if connection.vendor == "postgresql" else None
+    if threshold is None:
+        yield
+        return
+    raw.prepare_threshold = None
+    try:
+        yield
+    finally:
+        raw.prepare_threshold = threshold
