@@ -149,7 +149,8 @@ def claim(project: Project, user, *, exclude=(), now=None) -> Item | None:
                 # claimers never wait on each other's rows.
                 for skipped in (False, True):
                     sql, params = _claimable_sql(project, user, now, skipped=skipped, exclude=passed)
-                    candidate = rawsql.first(Item, sql, params)
+                    with rawsql.planned_each_run():
+                        candidate = rawsql.first(Item, sql, params)
                     if candidate is not None:
                         item = Item.objects.select_for_update(of=("self",)).get(pk=candidate.pk)
                         break
