@@ -33,7 +33,9 @@ starts (the first at i/R seconds, then one every C/R seconds), waits for each an
 next + submit. Latency is measured from the intended start of the cycle, not from the moment the
 request was sent (coordinated-omission correction): when the server falls behind, a reviewer sends late
 and the delay counts into that cycle's next latency (and its cycle latency), as a real reviewer arriving
-on time would have waited for it. Paced levels report the answers/s achieved next to the rate offered.
+on time would have waited for it. Paced levels report the answers/s achieved next to the rate offered. Each level also prints its three
+slowest seconds (answers in that second, next p95, slowest next), and --json keeps every second's, so a
+tail can be told apart: one stall, or a level that fell behind throughout.
 No cycle is started after the end of a level, even one that was due before it, so a server that falls
 far behind leaves cycles uncounted and its tail latency is, if anything, understated.
 """
@@ -111,6 +113,7 @@ async def reviewer(conn: R.Connection, project_id: int, t_start: float, t_end: f
             continue
         stats["answers_all"] += 1
         if counted and t3 <= t_end:
+            stats["timeline"].append((t1 - t_start, t1 - origin))  # when next answered, and its latency
             nexts.append(t1 - origin)
             submits.append(t3 - t2)
             cycles.append((t1 - origin) + (t3 - t2))
@@ -121,7 +124,7 @@ async def run_level(port: int, project_id: int, tokens: list[str], duration: flo
                     rate: float | None = None) -> dict:
     conns = [R.Connection("127.0.0.1", port, t) for t in tokens]
     stats = {"next": [], "submit": [], "cycle": [], "errors": Counter(), "answers": 0, "answers_all": 0, "drained": 0,
-             "lag": []}
+             "lag": [], "timeline": []}
     now = time.perf_counter()
     t_start, t_end = now + warmup, now + warmup + duration
     # paced: reviewer i starts at i/R and then every C/R seconds, so together they offer R answers/s
@@ -134,6 +137,19 @@ async def run_level(port: int, project_id: int, tokens: list[str], duration: flo
     stats["rate"] = rate
     stats["connects"] = sum(c.connects for c in conns)
     return stats
+
+
+def timeline(s: dict) -> list[list]:
+    """Per second of the level: [second, answers, next p95 ms, slowest next ms], to see whether a tail is
+    one stall or the whole level."""
+    per_second: dict[int, list[float]] = {}
+    for at, latency in s["timeline"]:
+        per_second.setdefault(int(at), []).append(latency)
+    out = []
+    for sec in sorted(per_second):
+        values = sorted(per_second[sec])
+        out.append([sec, len(values), round(1000 * R.percentile(values, 0.95), 1), round(1000 * values[-1], 1)])
+    return out
 
 
 def row(c: int, s: dict) -> str:
@@ -242,6 +258,11 @@ def main():
           "CPU ms per answer: the server's and the bench database's PostgreSQL backends' CPU time over the level "
           "(warm-up included) per answer submitted in it, which the machine's other load hardly changes)")
     for c, s in results:
+        worst = sorted(timeline(s), key=lambda x: -x[2])[:3]
+        if worst:
+            print(f"C={c}: slowest seconds (second of the level: answers, next p95 ms, slowest next ms): "
+                  + "; ".join(f"{w[0]}: {w[1]}, {w[2]:g}, {w[3]:g}" for w in worst))
+    for c, s in results:
         if s["errors"] or s["drained"]:
             print(f"C={c}: errors {dict(s['errors'])}; drained reviewers {s['drained']}")
     target = next((s for c, s in results if c == 16), None)
@@ -263,7 +284,7 @@ def main():
                 "drained": s["drained"], "server_cpu": s["server_cpu"], "machine_cpu": s["machine_cpu"],
                 "server_cpu_ms_per_answer": 1000 * s["server_cpu_s"] / max(1, s["answers_all"]),
                 "pg_cpu_ms_per_answer": 1000 * s["pg_cpu_s"] / max(1, s["answers_all"]),
-                "load_before": s["load_before"], "load_after": s["load"]})
+                "load_before": s["load_before"], "load_after": s["load"], "timeline": timeline(s)})
         Path(args.json).write_text(json.dumps(out, indent=1))
 
 
