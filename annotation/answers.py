@@ -94,15 +94,10 @@ def attach_payload(item: Item, *, answer_of=None) -> Item:
     return item
 
 
-def _valid_id(item_id) -> bool:
-    """False for ids no row can have (and that the database could not even compare)."""
-    return 0 < int(item_id) < 2**63
-
-
 def live_item(project, item_id: int, *, with_payload: bool = True) -> Item | None:
     """An item of the project that finished importing, or None; with its payload and newest prediction in
     the same query."""
-    if not _valid_id(item_id):
+    if rawsql.row_id(item_id) is None:
         return None
     where, params = "i.id = %s AND i.project_id = %s AND i.state <> %s", [item_id, project.pk, Item.State.STAGED.value]
     if with_payload:
@@ -174,7 +169,7 @@ def _lock(item: Item) -> Item:
                 locked._latest_prediction = item._latest_prediction
     else:
         locked = None
-        if _valid_id(item.pk):
+        if rawsql.row_id(item.pk) is not None:
             locked = _read_with_payload("i.id = %s AND i.project_id = %s AND i.state <> %s",
                                         [item.pk, item.project_id, Item.State.STAGED.value], lock=True)
     if locked is None:

@@ -79,11 +79,8 @@ def remember_membership(user, project_id: int, project: Project | None) -> None:
 
 def get_project_for(user, project_id, capability: str) -> Project:
     """The project if the user may do `capability` in it; 404 for non-members, 403 for members who may not."""
-    try:
-        project_id = int(project_id)
-    except (TypeError, ValueError):
-        raise Http404("No such project") from None
-    if not 0 < project_id < 2**63:  # no row has such an id (and SQLite cannot even compare one this large)
+    project_id = rawsql.row_id(project_id)
+    if project_id is None:
         raise Http404("No such project")
     cache = getattr(user, "_project_roles", None)
     if (getattr(user, "is_authenticated", False) and not user.is_superuser

@@ -26,6 +26,16 @@ def columns(model, alias: str = "") -> str:
     return ", ".join(prefix + qn(f.column) for f in model._meta.concrete_fields)
 
 
+def row_id(value) -> int | None:
+    """`value` as an id some row could have (1 to 2**63 - 1), or None: a URL can name any number, and the
+    database could not even compare one out of that range (SQLite) or rejects it (PostgreSQL)."""
+    try:
+        value = int(value)
+    except (TypeError, ValueError):
+        return None
+    return value if 0 < value < 2**63 else None
+
+
 def table(model) -> str:
     return qn(model._meta.db_table)
 

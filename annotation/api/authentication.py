@@ -27,11 +27,7 @@ def _url_project_id(request) -> int | None:
     view = context.get("view")
     if view is None or capability_for(view, request.method) is None:
         return None
-    try:
-        project_id = int(context.get("kwargs", {}).get(getattr(view, "project_url_kwarg", "project_id")))
-    except (TypeError, ValueError):
-        return None
-    return project_id if 0 < project_id < 2**63 else None
+    return rawsql.row_id(context.get("kwargs", {}).get(getattr(view, "project_url_kwarg", "project_id")))
 
 
 class TokenAuthentication(authentication.TokenAuthentication):
