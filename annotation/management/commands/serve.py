@@ -43,7 +43,7 @@ class Command(BaseCommand):
                                "reaches one process only.")
         stop = threading.Event()
         procs: list[subprocess.Popen] = []
-        webs: list[subprocess.Popen | None] = [None] * web_processes if web_processes > 1 else []
+        webs: list[subprocess.Popen] = []  # with more than one web process; else it runs in this one
         dispatcher = None
         if web_processes > 1:
             from feedback_app.web import Dispatcher
@@ -102,8 +102,8 @@ class Command(BaseCommand):
 
         for i in range(workers):
             procs.append(start_worker(i))
-        for i in range(len(webs)):
-            webs[i] = start_web(i)
+        if dispatcher is not None:
+            webs[:] = [start_web(i) for i in range(web_processes)]
         threading.Thread(target=supervise, daemon=True).start()
 
         def shutdown(*_):
