@@ -113,13 +113,14 @@ if DATABASE_URL:
                 # short, because requests queue behind the few request threads (WEB_THREADS) while they wait
                 "timeout": float(os.environ.get("DATABASE_POOL_TIMEOUT", "3")),
             }
-        if env_bool("DATABASE_PREPARED_STATEMENTS", False):
+        if env_bool("DATABASE_PREPARED_STATEMENTS", True):
             # Parameters bound by the server, and a statement that ran 5 times on a connection prepared
             # there (psycopg's prepare_threshold): PostgreSQL then no longer parses and plans it on each run,
-            # about two fifths of its CPU per answer in the review loop (docs/benchmarks.md). Off by default:
-            # a prepared statement keeps its plan until its tables are analyzed again, so it needs
-            # autovacuum (or scheduled ANALYZE) to keep up, and a pooler that keeps prepared statements
-            # (not PgBouncer in transaction mode before 1.21, or without max_prepared_statements).
+            # about two fifths of its CPU per answer in the review loop (docs/benchmarks.md). A prepared
+            # statement keeps its plan until its tables are analyzed again: autovacuum does that, and
+            # `manage.py serve` does it for tables autovacuum leaves alone (annotation/dbstats.py). Turn it
+            # off (DATABASE_PREPARED_STATEMENTS=0) behind a pooler that drops prepared statements
+            # (PgBouncer in transaction mode before 1.21, or without max_prepared_statements).
             DATABASES["default"].setdefault("OPTIONS", {}).update(server_side_binding=True, prepare_threshold=5)
 else:
     DATABASES = {

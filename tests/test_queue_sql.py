@@ -166,13 +166,13 @@ def test_a_lease_is_stored_only_when_its_recheck_still_finds_the_item(db):
 
 
 def test_the_review_loop_runs_prepared_on_postgresql(db):
-    """With DATABASE_PREPARED_STATEMENTS=1 on PostgreSQL the loop's statements are prepared on the connection
+    """On PostgreSQL (with DATABASE_PREPARED_STATEMENTS, the default) the loop's statements are prepared on the connection
     once they ran a few times, and give the same results prepared as before; all but the queue's
     candidate walk, which is planned on each run (rawsql.planned_each_run)."""
     import pytest
 
     if connection.vendor != "postgresql" or not connection.settings_dict["OPTIONS"].get("prepare_threshold"):
-        pytest.skip("needs PostgreSQL with DATABASE_PREPARED_STATEMENTS=1")
+        pytest.skip("needs PostgreSQL with prepared statements on")
     from annotation.answers import submit
 
     from .factories import full_answer

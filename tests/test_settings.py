@@ -119,11 +119,11 @@ def test_database_url_selects_postgresql(tmp_path):
     assert s["DB_NAME"] == "feedback"
     assert s["DB_HOST"] == "db.internal"
     assert s["DB_USER"] == "review"
-    # server-side binding with prepared statements only when asked for (they need statistics kept current)
-    assert "server_side_binding" not in s["DB_OPTIONS"] and "prepare_threshold" not in s["DB_OPTIONS"]
-    on = settings_of(tmp_path, SECRET_KEY="x", DATABASE_URL="postgres://review:pw@db.internal:5432/feedback",
-                     DATABASE_PREPARED_STATEMENTS="1")
-    assert on["DB_OPTIONS"]["server_side_binding"] is True and on["DB_OPTIONS"]["prepare_threshold"] == 5
+    # server-side binding with prepared statements, unless turned off (for a pooler that drops them)
+    assert s["DB_OPTIONS"]["server_side_binding"] is True and s["DB_OPTIONS"]["prepare_threshold"] == 5
+    off = settings_of(tmp_path, SECRET_KEY="x", DATABASE_URL="postgres://review:pw@db.internal:5432/feedback",
+                      DATABASE_PREPARED_STATEMENTS="0")
+    assert "server_side_binding" not in off["DB_OPTIONS"] and "prepare_threshold" not in off["DB_OPTIONS"]
 
 
 def test_in_memory_channel_layer_without_redis(tmp_path):

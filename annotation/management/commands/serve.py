@@ -69,9 +69,11 @@ class Command(BaseCommand):
             return subprocess.Popen(cmd, cwd=settings.BASE_DIR)
 
         def reap():
-            """Training runs whose worker died (killed, machine lost) go back to the queue or fail."""
+            """Training runs whose worker died (killed, machine lost) go back to the queue or fail; and the
+            planner statistics of tables autovacuum leaves alone are refreshed (annotation/dbstats.py)."""
             from django.db import close_old_connections
 
+            from annotation.dbstats import refresh_statistics
             from annotation.training import reap_stale_runs
 
             try:
@@ -79,6 +81,10 @@ class Command(BaseCommand):
                     self.stderr.write(f"training run {d['run']}: worker stopped sending heartbeats; {d['action']}")
             except Exception as exc:  # noqa: BLE001 - the supervisor keeps going
                 self.stderr.write(f"reaping training runs failed: {exc}")
+            try:
+                refresh_statistics()
+            except Exception as exc:  # noqa: BLE001
+                self.stderr.write(f"refreshing planner statistics failed: {exc}")
             finally:
                 close_old_connections()
 
