@@ -359,12 +359,18 @@ def cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
     return sum(v - before.get(pid, 0.0) for pid, v in after.items())
 
 
-def machine_cpu() -> tuple[float, float]:
-    """(busy, total) CPU seconds of the whole machine so far, from /proc/stat."""
+def machine_cpu() -> tuple[float, float, float]:
+    """(busy, total, stolen) CPU seconds of the whole machine so far, from /proc/stat. Stolen: time this
+    virtual machine's CPUs were ready to run but the host ran something else (counted in busy too)."""
     fields = [int(x) for x in open("/proc/stat").readline().split()[1:]]
     idle = fields[3] + fields[4]
     tick = os.sysconf("SC_CLK_TCK")
-    return (sum(fields[:8]) - idle) / tick, sum(fields[:8]) / tick
+    return (sum(fields[:8]) - idle) / tick, sum(fields[:8]) / tick, fields[7] / tick
+
+
+def stolen_share(before: tuple[float, float, float], after: tuple[float, float, float]) -> float:
+    """% of the machine's CPU time between two machine_cpu() readings that the host took."""
+    return 100 * (after[2] - before[2]) / max(1e-9, after[1] - before[1])
 
 
 # --- the client ---------------------------------------------------------------------------------------

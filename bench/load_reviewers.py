@@ -120,17 +120,31 @@ async def reviewer(conn: R.Connection, project_id: int, t_start: float, t_end: f
             stats["answers"] += 1
 
 
+async def sample_stolen(t_start: float, t_end: float, stats: dict):
+    """Each second of the level, the share of the machine's CPU time the host took (steal): a second in
+    which latency jumps while the host took CPU away was slowed from outside."""
+    await asyncio.sleep(max(0.0, t_start - time.perf_counter()))
+    before, second = R.machine_cpu(), 0
+    while time.perf_counter() < t_end:
+        await asyncio.sleep(max(0.0, t_start + second + 1 - time.perf_counter()))
+        after = R.machine_cpu()
+        stats["stolen"][second] = R.stolen_share(before, after)
+        before, second = after, second + 1
+
+
 async def run_level(port: int, project_id: int, tokens: list[str], duration: float, warmup: float,
                     rate: float | None = None) -> dict:
     conns = [R.Connection("127.0.0.1", port, t) for t in tokens]
     stats = {"next": [], "submit": [], "cycle": [], "errors": Counter(), "answers": 0, "answers_all": 0, "drained": 0,
-             "lag": [], "timeline": []}
+             "lag": [], "timeline": [], "stolen": {}}
     now = time.perf_counter()
     t_start, t_end = now + warmup, now + warmup + duration
     # paced: reviewer i starts at i/R and then every C/R seconds, so together they offer R answers/s
     period = len(conns) / rate if rate else None
     schedules = [(now + i / rate, period) if rate else None for i in range(len(conns))]
+    sampler = asyncio.create_task(sample_stolen(t_start, t_end, stats))
     await asyncio.gather(*(reviewer(c, project_id, t_start, t_end, stats, sch) for c, sch in zip(conns, schedules)))
+    sampler.cancel()
     for c in conns:
         await c.close()
     stats["seconds"] = duration
@@ -140,15 +154,16 @@ async def run_level(port: int, project_id: int, tokens: list[str], duration: flo
 
 
 def timeline(s: dict) -> list[list]:
-    """Per second of the level: [second, answers, next p95 ms, slowest next ms], to see whether a tail is
-    one stall or the whole level."""
+    """Per second of the level: [second, answers, next p95 ms, slowest next ms, % of the machine's CPU the
+    host took], to see whether a tail is one stall or the whole level, and whether it came from outside."""
     per_second: dict[int, list[float]] = {}
     for at, latency in s["timeline"]:
         per_second.setdefault(int(at), []).append(latency)
     out = []
     for sec in sorted(per_second):
         values = sorted(per_second[sec])
-        out.append([sec, len(values), round(1000 * R.percentile(values, 0.95), 1), round(1000 * values[-1], 1)])
+        out.append([sec, len(values), round(1000 * R.percentile(values, 0.95), 1), round(1000 * values[-1], 1),
+                    round(s["stolen"].get(sec, 0.0), 1)])
     return out
 
 
@@ -164,13 +179,13 @@ def row(c: int, s: dict) -> str:
     paced = f"{s['rate']:g} | " if s["rate"] else ""
     return (f"| {c:>3} | {s['answers']:>6,} | {s['answers'] / s['seconds']:>7.1f} | {paced}"
             f"{R.ms(n50)} / {R.ms(n95)} / {R.ms(n99)} | {R.ms(s50)} / {R.ms(s95)} / {R.ms(s99)} | "
-            f"{R.ms(c50)} / {R.ms(c95)} / {R.ms(c99)} | {errs} | {s['server_cpu']:.0f}% | {s['machine_cpu']:.0f}% | "
+            f"{R.ms(c50)} / {R.ms(c95)} / {R.ms(c99)} | {errs} | {s['server_cpu']:.0f}% | {s['machine_cpu']:.0f}% / {s['stolen_cpu']:.0f}% | "
             f"{per(s['server_cpu_s'])} / {per(s['pg_cpu_s'])} | "
             f"{s['load']} |")
 
 
 HEADER = ("| reviewers | answers | answers/s | next p50 / p95 / p99 ms | submit p50 / p95 / p99 ms | "
-          "cycle p50 / p95 / p99 ms | errors | server CPU | machine busy | CPU ms per answer: server / PostgreSQL | "
+          "cycle p50 / p95 / p99 ms | errors | server CPU | machine busy / stolen | CPU ms per answer: server / PostgreSQL | "
           "load avg after |\n"
           "|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--|")
 # paced levels: the rate offered next to the one achieved
@@ -230,6 +245,7 @@ def main():
             s["server_cpu"] = 100 * s["server_cpu_s"] / wall
             m1 = R.machine_cpu()
             s["machine_cpu"] = 100 * (m1[0] - m0[0]) / max(1e-9, m1[1] - m0[1])
+            s["stolen_cpu"] = R.stolen_share(m0, m1)
             s["load_before"], s["load"] = load_before, R.loadavg()
             results.append((c, s))
             n50, n95, _ = R.pcts(s["next"])
@@ -255,13 +271,14 @@ def main():
         print(row(c, s))
     print("(latency measured by the client; cycle = next + submit of one answer; server CPU: the server's "
           "processes (dispatcher, web processes, db_worker), % of one core; machine busy: all CPUs, PostgreSQL and the client included; "
+          "stolen: the part of the machine's CPU time the host took for others (steal), counted in busy; "
           "CPU ms per answer: the server's and the bench database's PostgreSQL backends' CPU time over the level "
           "(warm-up included) per answer submitted in it, which the machine's other load hardly changes)")
     for c, s in results:
         worst = sorted(timeline(s), key=lambda x: -x[2])[:3]
         if worst:
-            print(f"C={c}: slowest seconds (second of the level: answers, next p95 ms, slowest next ms): "
-                  + "; ".join(f"{w[0]}: {w[1]}, {w[2]:g}, {w[3]:g}" for w in worst))
+            print(f"C={c}: slowest seconds (second of the level: answers, next p95 ms, slowest next ms, % stolen): "
+                  + "; ".join(f"{w[0]}: {w[1]}, {w[2]:g}, {w[3]:g}, {w[4]:g}%" for w in worst))
     for c, s in results:
         if s["errors"] or s["drained"]:
             print(f"C={c}: errors {dict(s['errors'])}; drained reviewers {s['drained']}")
@@ -282,6 +299,7 @@ def main():
                 "next_ms": [x * 1000 for x in R.pcts(s["next"])], "submit_ms": [x * 1000 for x in R.pcts(s["submit"])],
                 "cycle_ms": [x * 1000 for x in R.pcts(s["cycle"])], "errors": dict(s["errors"]),
                 "drained": s["drained"], "server_cpu": s["server_cpu"], "machine_cpu": s["machine_cpu"],
+                "stolen_cpu": s["stolen_cpu"],
                 "server_cpu_ms_per_answer": 1000 * s["server_cpu_s"] / max(1, s["answers_all"]),
                 "pg_cpu_ms_per_answer": 1000 * s["pg_cpu_s"] / max(1, s["answers_all"]),
                 "load_before": s["load_before"], "load_after": s["load"], "timeline": timeline(s)})
