@@ -118,7 +118,7 @@ if DATABASE_URL:
             # there (psycopg's prepare_threshold): PostgreSQL then no longer parses and plans it on each run,
             # about two fifths of its CPU per answer in the review loop (docs/benchmarks.md). A prepared
             # statement keeps its plan until its tables are analyzed again: autovacuum does that, and
-            # `manage.py serve` does it for tables autovacuum leaves alone (annotation/dbstats.py). Turn it
+            # `manage.py serve` does it for tables autovacuum leaves alone (annotation/dbupkeep.py). Turn it
             # off (DATABASE_PREPARED_STATEMENTS=0) behind a pooler that drops prepared statements
             # (PgBouncer in transaction mode before 1.21, or without max_prepared_statements).
             DATABASES["default"].setdefault("OPTIONS", {}).update(server_side_binding=True, prepare_threshold=5)

@@ -70,10 +70,10 @@ class Command(BaseCommand):
 
         def reap():
             """Training runs whose worker died (killed, machine lost) go back to the queue or fail; and the
-            planner statistics of tables autovacuum leaves alone are refreshed (annotation/dbstats.py)."""
+            tables autovacuum leaves alone are vacuumed and analyzed (annotation/dbupkeep.py)."""
             from django.db import close_old_connections
 
-            from annotation.dbstats import refresh_statistics
+            from annotation.dbupkeep import upkeep
             from annotation.training import reap_stale_runs
 
             try:
@@ -82,9 +82,9 @@ class Command(BaseCommand):
             except Exception as exc:  # noqa: BLE001 - the supervisor keeps going
                 self.stderr.write(f"reaping training runs failed: {exc}")
             try:
-                refresh_statistics()
+                upkeep()
             except Exception as exc:  # noqa: BLE001
-                self.stderr.write(f"refreshing planner statistics failed: {exc}")
+                self.stderr.write(f"vacuuming and analyzing tables failed: {exc}")
             finally:
                 close_old_connections()
 
