@@ -68,7 +68,8 @@ def due(server: dict[str, str], table: dict[str, str], rows: float, changed: int
 def upkeep(using: str = DEFAULT_DB_ALIAS) -> list[str]:
     """VACUUM and/or ANALYZE each of the app's tables that autovacuum leaves alone and that autovacuum's
     rules say is due. Returns what ran, as "VACUUM (ANALYZE) table" strings (nothing on SQLite, which
-    plans every statement afresh and reuses its free pages itself)."""
+    plans every statement afresh and reuses its free pages itself). A table locked by another session
+    is skipped by PostgreSQL (SKIP_LOCKED), listed all the same, and due again in the next round."""
     connection = connections[using]
     if connection.vendor != "postgresql":
         return []
@@ -83,10 +84,15 @@ def upkeep(using: str = DEFAULT_DB_ALIAS) -> list[str]:
             if not unattended(server, table):
                 continue
             vacuum, analyze = due(server, table, rows, changed, dead, inserted)
-            statement = ("VACUUM (ANALYZE)" if analyze else "VACUUM") if vacuum else "ANALYZE" if analyze else None
-            if statement:
-                cursor.execute(f"{statement} {connection.ops.quote_name(name)}")
-                done.append(f"{statement} {name}")
+            if not (vacuum or analyze):
+                continue
+            # SKIP_LOCKED: a table another session holds a conflicting lock on (a migration, another
+            # server's upkeep) waits for the next round instead of holding up this one
+            if vacuum:
+                cursor.execute(f"VACUUM (SKIP_LOCKED{', ANALYZE' if analyze else ''}) {connection.ops.quote_name(name)}")
+            else:
+                cursor.execute(f"ANALYZE (SKIP_LOCKED) {connection.ops.quote_name(name)}")
+            done.append(f"{'VACUUM (ANALYZE)' if analyze else 'VACUUM'} {name}" if vacuum else f"ANALYZE {name}")
     if done:
         log.info("upkeep: %s", "; ".join(done))
     return done

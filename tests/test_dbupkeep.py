@@ -2,6 +2,7 @@
 PostgreSQL the failures they prevent: a prepared plan made on an empty table that stays as the table
 grows, and dead rows that pile up where leases are written and deleted on every answer."""
 
+import threading
 import time
 from datetime import timedelta
 
@@ -143,6 +144,42 @@ def test_dead_rows_are_vacuumed_away_and_the_command_says_what_ran(capsys):
         assert _counts(table) == (0, 0)
         call_command("db_upkeep")
         assert table not in capsys.readouterr().out  # nothing left to do for it
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f"ALTER TABLE {table} RESET (autovacuum_enabled)")
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_table_locked_by_another_session_is_skipped_not_waited_for():
+    if connection.vendor != "postgresql":
+        pytest.skip("needs PostgreSQL (set DATABASE_URL)")
+    import psycopg
+
+    table = Session._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = false)")
+    try:
+        expires = timezone.now() + timedelta(days=1)
+        Session.objects.bulk_create(Session(session_key=f"l{i}", session_data="x", expire_date=expires)
+                                    for i in range(200))
+        Session.objects.filter(session_key__startswith="l").delete()
+        _wait_for_counts(table, changed=400, dead=200)
+        params = connection.get_connection_params()
+        params.pop("cursor_factory", None)
+        params.pop("prepare_threshold", None)
+        with psycopg.connect(**params) as other:  # a migration, say, holding the table
+            other.execute(f"LOCK TABLE {table} IN SHARE UPDATE EXCLUSIVE MODE")
+            done = []
+            worker = threading.Thread(target=lambda: done.extend(upkeep()))
+            worker.start()
+            worker.join(timeout=20)
+            assert not worker.is_alive(), "the upkeep waited for the lock"
+            assert any(d.endswith(f" {table}") for d in done)
+            other.rollback()
+        assert _counts(table)[0] >= 400  # skipped: still due, for the next round
+        assert any(d.endswith(f" {table}") for d in upkeep())
+        assert _counts(table)[0] == 0
     finally:
         with connection.cursor() as cursor:
             cursor.execute(f"ALTER TABLE {table} RESET (autovacuum_enabled)")
