@@ -88,10 +88,11 @@ def upkeep(using: str = DEFAULT_DB_ALIAS) -> list[str]:
                 continue
             # SKIP_LOCKED: a table another session holds a conflicting lock on (a migration, another
             # server's upkeep) waits for the next round instead of holding up this one
+            quoted = connection.ops.quote_name(name)
             if vacuum:
-                cursor.execute(f"VACUUM (SKIP_LOCKED{', ANALYZE' if analyze else ''}) {connection.ops.quote_name(name)}")
+                cursor.execute(f"VACUUM (SKIP_LOCKED{', ANALYZE' if analyze else ''}) {quoted}")
             else:
-                cursor.execute(f"ANALYZE (SKIP_LOCKED) {connection.ops.quote_name(name)}")
+                cursor.execute(f"ANALYZE (SKIP_LOCKED) {quoted}")
             done.append(f"{'VACUUM (ANALYZE)' if analyze else 'VACUUM'} {name}" if vacuum else f"ANALYZE {name}")
     if done:
         log.info("upkeep: %s", "; ".join(done))

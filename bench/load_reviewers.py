@@ -179,13 +179,15 @@ def row(c: int, s: dict) -> str:
     paced = f"{s['rate']:g} | " if s["rate"] else ""
     return (f"| {c:>3} | {s['answers']:>6,} | {s['answers'] / s['seconds']:>7.1f} | {paced}"
             f"{R.ms(n50)} / {R.ms(n95)} / {R.ms(n99)} | {R.ms(s50)} / {R.ms(s95)} / {R.ms(s99)} | "
-            f"{R.ms(c50)} / {R.ms(c95)} / {R.ms(c99)} | {errs} | {s['server_cpu']:.0f}% | {s['machine_cpu']:.0f}% / {s['stolen_cpu']:.0f}% | "
+            f"{R.ms(c50)} / {R.ms(c95)} / {R.ms(c99)} | {errs} | {s['server_cpu']:.0f}% | "
+            f"{s['machine_cpu']:.0f}% / {s['stolen_cpu']:.0f}% | "
             f"{per(s['server_cpu_s'])} / {per(s['pg_cpu_s'])} | "
             f"{s['load']} |")
 
 
 HEADER = ("| reviewers | answers | answers/s | next p50 / p95 / p99 ms | submit p50 / p95 / p99 ms | "
-          "cycle p50 / p95 / p99 ms | errors | server CPU | machine busy / stolen | CPU ms per answer: server / PostgreSQL | "
+          "cycle p50 / p95 / p99 ms | errors | server CPU | machine busy / stolen | "
+          "CPU ms per answer: server / PostgreSQL | "
           "load avg after |\n"
           "|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--|")
 # paced levels: the rate offered next to the one achieved
@@ -277,7 +279,8 @@ def main():
     for c, s in results:
         worst = sorted(timeline(s), key=lambda x: -x[2])[:3]
         if worst:
-            print(f"C={c}: slowest seconds (second of the level: answers, next p95 ms, slowest next ms, % stolen): "
+            print(f"C={c}: slowest seconds (second of the level: answers, next p95 ms, slowest next ms, "
+                  "% stolen): "
                   + "; ".join(f"{w[0]}: {w[1]}, {w[2]:g}, {w[3]:g}, {w[4]:g}%" for w in worst))
     for c, s in results:
         if s["errors"] or s["drained"]:

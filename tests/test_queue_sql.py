@@ -166,9 +166,9 @@ def test_a_lease_is_stored_only_when_its_recheck_still_finds_the_item(db):
 
 
 def test_the_review_loop_runs_prepared_on_postgresql(db):
-    """On PostgreSQL (with DATABASE_PREPARED_STATEMENTS, the default) the loop's statements are prepared on the connection
-    once they ran a few times, and give the same results prepared as before; all but the queue's
-    candidate walk, which is planned on each run (rawsql.planned_each_run)."""
+    """On PostgreSQL (DATABASE_PREPARED_STATEMENTS, on by default) the loop's statements are prepared on
+    the connection once they ran a few times, and give the same results prepared as before; all but the
+    queue's candidate walk, which is planned on each run (rawsql.planned_each_run)."""
     import pytest
 
     if connection.vendor != "postgresql" or not connection.settings_dict["OPTIONS"].get("prepare_threshold"):
