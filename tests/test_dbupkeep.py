@@ -89,15 +89,30 @@ def _plan(statement):
         return "\n".join(row[0] for row in cursor.fetchall())
 
 
-@pytest.mark.postgres
-@pytest.mark.django_db(transaction=True)
-def test_a_prepared_plan_made_on_an_empty_table_is_replaced_once_the_table_grew():
+@pytest.fixture
+def sessions(transactional_db):
+    """The session table, with autovacuum off for it, as every table is where the server runs without
+    autovacuum; PostgreSQL only."""
     if connection.vendor != "postgresql":
         pytest.skip("needs PostgreSQL (set DATABASE_URL)")
     table = Session._meta.db_table
     with connection.cursor() as cursor:
-        # autovacuum off for this table, as it is for all of them where the server runs without it
         cursor.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = false)")
+    yield table
+    with connection.cursor() as cursor:
+        cursor.execute(f"ALTER TABLE {table} RESET (autovacuum_enabled)")
+
+
+def _add_sessions(prefix, count, data="x"):
+    expires = timezone.now() + timedelta(days=1)
+    Session.objects.bulk_create(Session(session_key=f"{prefix}{i}", session_data=data, expire_date=expires)
+                                for i in range(count))
+
+
+@pytest.mark.postgres
+def test_a_prepared_plan_made_on_an_empty_table_is_replaced_once_the_table_grew(sessions):
+    table = sessions
+    with connection.cursor() as cursor:
         try:
             cursor.execute(f"ANALYZE {table}")  # empty, as in a new deployment
             cursor.execute(f"PREPARE session_data(text) AS SELECT session_data FROM {table} WHERE session_key = $1")
@@ -105,9 +120,7 @@ def test_a_prepared_plan_made_on_an_empty_table_is_replaced_once_the_table_grew(
                 cursor.execute("EXECUTE session_data('k1')")
             assert "Seq Scan" in _plan("session_data('k1')")
 
-            expires = timezone.now() + timedelta(days=1)
-            Session.objects.bulk_create(Session(session_key=f"k{i}", session_data="x" * 100, expire_date=expires)
-                                        for i in range(20_000))
+            _add_sessions("k", 20_000, data="x" * 100)
             _wait_for_counts(table, changed=20_000)
             assert "Seq Scan" in _plan("session_data('k1')")  # grown, still read in full on every lookup
 
@@ -117,69 +130,53 @@ def test_a_prepared_plan_made_on_an_empty_table_is_replaced_once_the_table_grew(
             assert _counts(table)[0] == 0
         finally:
             cursor.execute("DEALLOCATE ALL")
-            cursor.execute(f"ALTER TABLE {table} RESET (autovacuum_enabled)")
 
 
 @pytest.mark.postgres
-@pytest.mark.django_db(transaction=True)
-def test_dead_rows_are_vacuumed_away_and_the_command_says_what_ran(capsys):
-    if connection.vendor != "postgresql":
-        pytest.skip("needs PostgreSQL (set DATABASE_URL)")
-    table = Session._meta.db_table
-    with connection.cursor() as cursor:
-        cursor.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = false)")
-    try:
-        call_command("db_upkeep")  # whatever earlier tests left
-        capsys.readouterr()
-        expires = timezone.now() + timedelta(days=1)
-        Session.objects.bulk_create(Session(session_key=f"c{i}", session_data="x", expire_date=expires)
-                                    for i in range(200))
-        _wait_for_counts(table, changed=200)
-        call_command("db_upkeep")
-        assert f"ANALYZE {table}" in capsys.readouterr().out
+def test_dead_rows_are_vacuumed_away_and_the_command_says_what_ran(sessions, capsys):
+    table = sessions
+    call_command("db_upkeep")  # whatever earlier tests left
+    capsys.readouterr()
+    _add_sessions("c", 200)
+    _wait_for_counts(table, changed=200)
+    call_command("db_upkeep")
+    assert f"ANALYZE {table}" in capsys.readouterr().out
 
-        Session.objects.filter(session_key__startswith="c").delete()  # as leases go, on every answer
-        _wait_for_counts(table, dead=200)
-        assert f"VACUUM (ANALYZE) {table}" in upkeep()
-        assert _counts(table) == (0, 0)
-        call_command("db_upkeep")
-        assert table not in capsys.readouterr().out  # nothing left to do for it
-    finally:
-        with connection.cursor() as cursor:
-            cursor.execute(f"ALTER TABLE {table} RESET (autovacuum_enabled)")
+    Session.objects.filter(session_key__startswith="c").delete()  # as leases go, on every answer
+    _wait_for_counts(table, dead=200)
+    assert f"VACUUM (ANALYZE) {table}" in upkeep()
+    assert _counts(table) == (0, 0)
+    call_command("db_upkeep")
+    assert table not in capsys.readouterr().out  # nothing left to do for it
 
 
 @pytest.mark.postgres
-@pytest.mark.django_db(transaction=True)
-def test_a_table_locked_by_another_session_is_skipped_not_waited_for():
-    if connection.vendor != "postgresql":
-        pytest.skip("needs PostgreSQL (set DATABASE_URL)")
+def test_a_table_locked_by_another_session_is_skipped_not_waited_for(sessions):
     import psycopg
 
-    table = Session._meta.db_table
-    with connection.cursor() as cursor:
-        cursor.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = false)")
-    try:
-        expires = timezone.now() + timedelta(days=1)
-        Session.objects.bulk_create(Session(session_key=f"l{i}", session_data="x", expire_date=expires)
-                                    for i in range(200))
-        Session.objects.filter(session_key__startswith="l").delete()
-        _wait_for_counts(table, changed=400, dead=200)
-        params = connection.get_connection_params()
-        params.pop("cursor_factory", None)
-        params.pop("prepare_threshold", None)
-        with psycopg.connect(**params) as other:  # a migration, say, holding the table
-            other.execute(f"LOCK TABLE {table} IN SHARE UPDATE EXCLUSIVE MODE")
-            done = []
-            worker = threading.Thread(target=lambda: done.extend(upkeep()))
-            worker.start()
-            worker.join(timeout=20)
-            assert not worker.is_alive(), "the upkeep waited for the lock"
-            assert any(d.endswith(f" {table}") for d in done)
-            other.rollback()
-        assert _counts(table)[0] >= 400  # skipped: still due, for the next round
-        assert any(d.endswith(f" {table}") for d in upkeep())
-        assert _counts(table)[0] == 0
-    finally:
-        with connection.cursor() as cursor:
-            cursor.execute(f"ALTER TABLE {table} RESET (autovacuum_enabled)")
+    table = sessions
+    _add_sessions("l", 200)
+    Session.objects.filter(session_key__startswith="l").delete()
+    _wait_for_counts(table, changed=400, dead=200)
+    params = connection.get_connection_params()
+    params.pop("cursor_factory", None)
+    params.pop("prepare_threshold", None)
+    with psycopg.connect(**params) as other:  # a migration, say, holding the table
+        other.execute(f"LOCK TABLE {table} IN SHARE UPDATE EXCLUSIVE MODE")
+        done = []
+
+        def run():
+            try:
+                done.extend(upkeep())
+            finally:
+                connection.close()  # this thread's own
+
+        worker = threading.Thread(target=run)
+        worker.start()
+        worker.join(timeout=20)
+        assert not worker.is_alive(), "the upkeep waited for the lock"
+        assert any(d.endswith(f" {table}") for d in done)
+        other.rollback()
+    assert _counts(table)[0] >= 400  # skipped: still due, for the next round
+    assert any(d.endswith(f" {table}") for d in upkeep())
+    assert _counts(table)[0] == 0
