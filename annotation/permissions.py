@@ -28,6 +28,15 @@ CAPABILITIES = {
 }
 
 
+def _per_request(user, name: str) -> dict:
+    """A dict cached on the user object (one per request) under `name`, made empty on first use."""
+    cache = getattr(user, name, None)
+    if cache is None:
+        cache = {}
+        setattr(user, name, cache)
+    return cache
+
+
 def role_of(user, project, *, fresh: bool = False) -> str | None:
     """The user's role in the project, or None. Cached on the user object for one request;
     long-lived holders (websockets) pass fresh=True."""
@@ -35,9 +44,7 @@ def role_of(user, project, *, fresh: bool = False) -> str | None:
         return None
     if user.is_superuser:
         return Role.MANAGER
-    cache = getattr(user, "_project_roles", None)
-    if cache is None:
-        cache = user._project_roles = {}
+    cache = _per_request(user, "_project_roles")
     pid = project.pk if isinstance(project, Project) else int(project)
     if fresh or pid not in cache:
         cache[pid] = Membership.objects.filter(project_id=pid, user=user).values_list("role", flat=True).first()
@@ -66,15 +73,9 @@ def remember_membership(user, project_id: int, project: Project | None) -> None:
     """Note what _member_project read for this request: `project` with the user's `member_role`, or None
     for a non-member. The role is cached like role_of's; the project is handed out once, to the next
     get_project_for (the API's token lookup reads both in the same statement as the token)."""
-    roles = getattr(user, "_project_roles", None)
-    if roles is None:
-        roles = user._project_roles = {}
-    roles[project_id] = project.member_role if project is not None else None
+    _per_request(user, "_project_roles")[project_id] = project.member_role if project is not None else None
     if project is not None:
-        projects = getattr(user, "_member_projects", None)
-        if projects is None:
-            projects = user._member_projects = {}
-        projects[project_id] = project
+        _per_request(user, "_member_projects")[project_id] = project
 
 
 def get_project_for(user, project_id, capability: str) -> Project:
