@@ -88,12 +88,10 @@ def upkeep(using: str = DEFAULT_DB_ALIAS) -> list[str]:
                 continue
             # SKIP_LOCKED: a table another session holds a conflicting lock on (a migration, another
             # server's upkeep) waits for the next round instead of holding up this one
-            quoted = connection.ops.quote_name(name)
-            if vacuum:
-                cursor.execute(f"VACUUM (SKIP_LOCKED{', ANALYZE' if analyze else ''}) {quoted}")
-            else:
-                cursor.execute(f"ANALYZE (SKIP_LOCKED) {quoted}")
-            done.append(f"{'VACUUM (ANALYZE)' if analyze else 'VACUUM'} {name}" if vacuum else f"ANALYZE {name}")
+            command = "VACUUM" if vacuum else "ANALYZE"
+            both = vacuum and analyze
+            cursor.execute(f"{command} (SKIP_LOCKED{', ANALYZE' if both else ''}) {connection.ops.quote_name(name)}")
+            done.append(f"{command}{' (ANALYZE)' if both else ''} {name}")
     if done:
         log.info("upkeep: %s", "; ".join(done))
     return done
