@@ -68,7 +68,7 @@ class Command(BaseCommand):
                    "--worker-id", f"{os.uname().nodename}-{os.getpid()}-{i}"]
             return subprocess.Popen(cmd, cwd=settings.BASE_DIR)
 
-        def reap():
+        def housekeeping():
             """Training runs whose worker died (killed, machine lost) go back to the queue or fail; and the
             tables autovacuum leaves alone are vacuumed and analyzed (annotation/dbupkeep.py)."""
             from django.db import close_old_connections
@@ -89,15 +89,15 @@ class Command(BaseCommand):
                 close_old_connections()
 
         def supervise():
-            next_reap = 0.0
+            next_housekeeping = 0.0
             while not stop.is_set():
                 for i, p in enumerate(procs):
                     if p.poll() is not None and not stop.is_set():
                         self.stderr.write(f"worker {i} exited with {p.returncode}; restarting")
                         procs[i] = start_worker(i)
-                if time.monotonic() >= next_reap:
-                    reap()
-                    next_reap = time.monotonic() + 15
+                if time.monotonic() >= next_housekeeping:
+                    housekeeping()
+                    next_housekeeping = time.monotonic() + 15
                 stop.wait(2)
 
         def restart_webs():
