@@ -190,6 +190,11 @@ def test_the_review_loop_through_a_token_reads_little(project, items, annotator,
     with django_assert_max_num_queries(11):
         r = c.post(url(project, f"items/{item.pk}/answer/"), {"data": full_answer(item)}, format="json")
     assert r.status_code == 201
+    # the submit and the claim of the next item in one call: no more than the two calls read
+    item = Item.objects.get(pk=c.post(url(project, "next/")).json()["id"])
+    with django_assert_max_num_queries(11 + 7 - 1):  # the token and membership are read once
+        r = c.post(url(project, f"items/{item.pk}/answer/?next=1"), {"data": full_answer(item)}, format="json")
+    assert r.status_code == 201 and r.json()["next_item"]["id"] != item.pk
 
 
 def test_next_returns_the_callers_draft_with_the_item(project, items, annotator):
@@ -510,6 +515,89 @@ def test_answer_needs_annotate(project, items, viewer):
                                 format="json")
     assert r.status_code == 403
     assert not Answer.objects.exists()
+
+
+def test_submit_with_next_claims_the_next_item_in_the_same_call(project, items, annotator):
+    """?next=1: the submit's response carries the next item, claimed as POST next/ claims it, and null
+    once nothing is left; every item is answered once and the only lease left is none."""
+    c = token_client(annotator)
+    item = c.post(url(project, "next/")).json()
+    seen = []
+    while item is not None:
+        seen.append(item["id"])
+        full = full_answer(Item.objects.get(pk=item["id"]))
+        r = c.post(url(project, f"items/{item['id']}/answer/?next=1"), {"data": full}, format="json")
+        assert r.status_code == 201, r.content
+        body = r.json()
+        assert body["item_id"] == item["id"] and body["status"] == "submitted"
+        item = body["next_item"]
+        if item is not None:
+            assert item["id"] not in seen and item["lease"]["expires_at"] and item["payload"]["steps"]
+            assert list(Lease.objects.filter(user=annotator).values_list("item_id", flat=True)) == [item["id"]]
+    assert sorted(seen) == sorted(i.pk for i in items)
+    assert Answer.objects.filter(user=annotator, status=Answer.Status.SUBMITTED).count() == len(items)
+    assert not Lease.objects.exists()
+    # without the parameter the answer comes alone, as before
+    r = c.post(url(project, f"items/{seen[0]}/answer/"), {"data": full_answer(items[0])}, format="json")
+    assert "next_item" not in r.json()
+
+
+def test_submit_with_next_again_returns_the_item_already_claimed(project, items, annotator):
+    """Sending the same submit again (a retry after a lost response) stores nothing new and hands back the
+    item the first call claimed, not a second one."""
+    c = token_client(annotator)
+    first = c.post(url(project, "next/")).json()
+    body = {"data": full_answer(Item.objects.get(pk=first["id"]))}
+    r1 = c.post(url(project, f"items/{first['id']}/answer/?next=true"), body, format="json")
+    r2 = c.post(url(project, f"items/{first['id']}/answer/?next=true"), body, format="json")
+    assert (r1.status_code, r2.status_code) == (201, 200)
+    assert r1.json()["next_item"]["id"] == r2.json()["next_item"]["id"] != first["id"]
+    assert Answer.objects.filter(user=annotator).count() == 1 and Lease.objects.filter(user=annotator).count() == 1
+
+
+def test_submit_with_next_refusals_claim_nothing(project, items, annotator):
+    """A draft with ?next=1, a bad value of next, an invalid answer and a full item are refused as they
+    were, and none of them claims an item or stores anything."""
+    other = add_member(project, Role.ANNOTATOR, "other")
+    c = token_client(annotator)
+    item = items[0]
+    partial = {"steps": [{"step": 0, "verdict": "agree"}], "notes": ""}
+    r = c.post(url(project, f"items/{item.pk}/answer/?next=1"), {"data": partial, "draft": True}, format="json")
+    assert r.status_code == 400 and r.json()["errors"][0]["field"] == "next"
+    r = c.post(url(project, f"items/{item.pk}/answer/?next=maybe"), {"data": full_answer(item)}, format="json")
+    assert r.status_code == 400 and r.json()["errors"][0]["field"] == "next"
+    r = c.post(url(project, f"items/{item.pk}/answer/?next=1"), {"data": partial}, format="json")
+    assert r.status_code == 400 and r.json()["errors"][0]["field"] == "steps"
+    assert not Answer.objects.exists() and not Lease.objects.exists()
+    core_answers.submit(item, other, full_answer(item))  # N = 1: the item is full
+    r = c.post(url(project, f"items/{item.pk}/answer/?next=1"), {"data": full_answer(item)}, format="json")
+    assert r.status_code == 409
+    assert not Lease.objects.exists() and not Answer.objects.filter(user=annotator).exists()
+
+
+def test_submit_with_next_keeps_the_answer_when_the_claim_fails(project, items, annotator, monkeypatch):
+    """The answer is committed before the claim: a database that fails between the two answers 503 and
+    keeps the answer, and the same submit again stores nothing new and brings the next item."""
+    from django.db import OperationalError
+
+    from annotation import queue
+
+    c = token_client(annotator)
+    item = items[0]
+    body = {"data": full_answer(item)}
+    real = queue.next_item
+
+    def down(*args, **kwargs):
+        raise OperationalError("the connection to the server was lost")
+
+    monkeypatch.setattr(queue, "next_item", down)
+    r = c.post(url(project, f"items/{item.pk}/answer/?next=1"), body, format="json")
+    assert r.status_code == 503 and r["Retry-After"]
+    assert Answer.objects.filter(item=item, user=annotator, status=Answer.Status.SUBMITTED).count() == 1
+    monkeypatch.setattr(queue, "next_item", real)
+    r = c.post(url(project, f"items/{item.pk}/answer/?next=1"), body, format="json")
+    assert r.status_code == 200 and r.json()["next_item"]["id"] in {i.pk for i in items[1:]}
+    assert Answer.objects.filter(user=annotator).count() == 1
 
 
 def test_skip_releases_the_lease(project, items, annotator):

@@ -315,6 +315,24 @@ class AnswerWriteSerializer(serializers.Serializer):
                                      help_text="true: save a draft (partial answers allowed); false: submit.")
 
 
+class AnswerQuerySerializer(serializers.Serializer):
+    next = serializers.BooleanField(required=False, default=False)
+
+
+class AnswerWithNextSerializer(AnswerSerializer):
+    """The answer as submitted, and (asked for with ?next=1) the caller's next item, claimed after it."""
+
+    # not read_only: the schema would then list it as always present
+    next_item = ItemDetailSerializer(
+        allow_null=True, required=False,
+        help_text="Only with ?next=1: the next item, claimed for you as POST next/ claims it, or null when "
+                  "nothing is left for you.")
+
+    class Meta(AnswerSerializer.Meta):
+        fields = [*AnswerSerializer.Meta.fields, "next_item"]
+        read_only_fields = AnswerSerializer.Meta.fields
+
+
 class AdjudicateSerializer(serializers.Serializer):
     data = serializers.JSONField(help_text="The decided labels, in the kind's feedback schema; every unit needs one.")
 

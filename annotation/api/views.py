@@ -502,33 +502,51 @@ class NextItemView(ApiView):
                               204: OpenApiResponse(description="Nothing left for you in this project."),
                               **errors(401, 403, 404)})
     def post(self, request, project_id):
-        item = queue.next_item(self.project, request.user)
+        item = claim_next(self, request.user)
         if item is None:
             return Response(status=status.HTTP_204_NO_CONTENT)
-        # The claim returned the item's row and the lease: only the payload and the prediction are left to
-        # read. A claimable item is open, and an open item has no final label (resolve_final): none is read.
-        item.project = self.project
-        # The caller's own answer (a draft, if any) comes with the payload, unless they see every answer
-        attach_payload(item, answer_of=None if REVIEW in self.project_caps else request.user)
-        if item.state == Item.State.OPEN:
-            item.api_final = None
-        detail = item_detail(item, request.user, self.project_caps, self.project, lease=item.claimed_lease)
-        return Response(s.ItemDetailSerializer(detail).data)
+        return Response(s.ItemDetailSerializer(item).data)
+
+
+def claim_next(view: ApiView, user) -> Item | None:
+    """Claim the user's next item in the view's project, ready for ItemDetailSerializer; None when
+    nothing is left for them."""
+    item = queue.next_item(view.project, user)
+    if item is None:
+        return None
+    # The claim returned the item's row and the lease: only the payload and the prediction are left to
+    # read. A claimable item is open, and an open item has no final label (resolve_final): none is read.
+    item.project = view.project
+    # The caller's own answer (a draft, if any) comes with the payload, unless they see every answer
+    attach_payload(item, answer_of=None if REVIEW in view.project_caps else user)
+    if item.state == Item.State.OPEN:
+        item.api_final = None
+    return item_detail(item, user, view.project_caps, view.project, lease=item.claimed_lease)
 
 
 class AnswerView(ApiView):
     """Save a draft (`draft: true`) or submit your answer to an item.
 
     Submitting the same answer twice stores it once (200). Submitting a changed answer edits
-    yours (200, audited) unless a reviewer has adjudicated the item (409)."""
+    yours (200, audited) unless a reviewer has adjudicated the item (409).
+
+    With `?next=1` a submit also claims your next item, as POST next/ does, and returns it in
+    `next_item` (null when nothing is left for you): one round trip per answer instead of two. The
+    answer is committed before the claim; should the claim fail (503), the answer is stored and the
+    same submit again (200) claims the next item."""
 
     required_capability = ANNOTATE
 
     @extend_schema(
         operation_id="item_answer", summary="Save a draft or submit an answer",
-        tags=["queue"], parameters=[PROJECT_ID], request=s.AnswerWriteSerializer,
-        responses={201: OpenApiResponse(s.AnswerSerializer, description="Submitted."),
-                   200: OpenApiResponse(s.AnswerSerializer, description="Draft saved, or already submitted / edited."),
+        tags=["queue"], request=s.AnswerWriteSerializer,
+        parameters=[PROJECT_ID, OpenApiParameter(
+            "next", OpenApiTypes.BOOL, default=False,
+            description="With a submit: also claim your next item and return it in `next_item`.")],
+        responses={201: OpenApiResponse(s.AnswerWithNextSerializer,
+                                        description="Submitted (`next_item` only with ?next=1)."),
+                   200: OpenApiResponse(s.AnswerWithNextSerializer,
+                                        description="Draft saved, or already submitted / edited."),
                    **errors(400, 401, 403, 404, 409)},
         examples=[OpenApiExample("Submit", request_only=True, value={
             "data": {"steps": [{"step": 0, "verdict": "agree"}, {"step": 1, "verdict": "disagree",
@@ -536,7 +554,11 @@ class AnswerView(ApiView):
             "time_spent_ms": 41000, "draft": False})],
     )
     def post(self, request, project_id, item_id):
+        then_next = validated(s.AnswerQuerySerializer, request.query_params).validated_data["next"]
         body = validated(s.AnswerWriteSerializer, request.data).validated_data
+        if then_next and body["draft"]:
+            raise ApiError(400, "next: a draft keeps you on this item; ask for the next item with a submit.",
+                           [{"field": "next", "message": "only with a submit (draft: false)"}])
         try:
             if body["draft"]:
                 item = self.get_item(item_id)
@@ -554,8 +576,10 @@ class AnswerView(ApiView):
         else:
             # submit() returns the answer as stored; only its user (the caller) is not attached yet
             answer.user = request.user
-        return Response(s.AnswerSerializer(answer).data,
-                        status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+        serializer = s.AnswerSerializer
+        if then_next:  # after the submit's commit: a failed claim loses no answer
+            answer.next_item, serializer = claim_next(self, request.user), s.AnswerWithNextSerializer
+        return Response(serializer(answer).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
 
 class SkipView(ApiView):
