@@ -7,6 +7,7 @@ item (POST /api/projects/<id>/next/) and submitting a full answer to it
     .venv/bin/python bench/load_reviewers.py --steps 100000 -c 16 -d 60 --web-processes 2
     .venv/bin/python bench/load_reviewers.py --steps 1000000 --json /tmp/load-1m.json
     .venv/bin/python bench/load_reviewers.py --steps 10000 -c 16 --rate 100  # paced: 100 answers/s in all
+    .venv/bin/python bench/load_reviewers.py --steps 100000 -c 16 --rate 100 --one-call  # submit brings next
 
 The server is the production one: `manage.py serve` (uvicorn, a supervised db_worker, DEBUG off, a
 SECRET_KEY, static files by WhiteNoise) on a free port, against PostgreSQL (BENCH_PG, default
@@ -18,6 +19,11 @@ Later runs reuse it (--rebuild makes it again). Before each concurrency level th
 a fresh queue (answers, leases, finals and audit events deleted, every item open; bench setup in SQL)
 so every level starts from the same state. The project's model loop is off (retrain_every 0): training
 would run on the same two cores.
+
+With --one-call each answer is one request: the submit asks for the next item too (?next=1) and its
+response brings it, as a client that shows the next item right after a submit would do. The reviewer
+then waits for that one call, so next, submit and cycle are all its latency (a reviewer's first item,
+and one after an error, is claimed with next/ within the cycle, whose latency then counts both calls).
 
 Each simulated reviewer is its own annotator with its own API token and one keep-alive connection
 (asyncio, a minimal HTTP/1.1 client: the client shares the CPUs with the server, so it must be cheap).
@@ -60,12 +66,10 @@ def answer_body(step_count: int, verdict="agree", notes="", time_spent_ms=30000)
     return json.dumps({"data": data, "time_spent_ms": time_spent_ms}).encode()
 
 
-async def reviewer(conn: R.Connection, project_id: int, t_start: float, t_end: float, stats: dict,
-                   schedule: tuple[float, float] | None = None):
-    """Next + submit until t_end. Closed loop by default; with `schedule` = (first intended start,
-    period) paced: each cycle waits for its intended start and its latency is counted from there."""
-    nexts, submits, cycles = stats["next"], stats["submit"], stats["cycle"]
-    errors: Counter = stats["errors"]
+async def cycles(t_start: float, t_end: float, stats: dict, schedule: tuple[float, float] | None):
+    """The reviewer's cycles until t_end, each as (latency origin, counted). Closed loop by default; with
+    `schedule` = (first intended start, period) paced: each cycle waits for its intended start and its
+    latency is counted from there."""
     intended = schedule[0] if schedule else None
     while True:
         if schedule:
@@ -85,39 +89,92 @@ async def reviewer(conn: R.Connection, project_id: int, t_start: float, t_end: f
         counted = origin >= t_start
         if schedule and counted:
             stats["lag"].append(max(0.0, t0 - origin))
-        try:
-            status, body = await conn.request("POST", f"/api/projects/{project_id}/next/")
-        except (R.HttpError, OSError, asyncio.TimeoutError) as exc:
-            errors[f"next: {type(exc).__name__} {exc}"[:100]] += 1
+        yield origin, counted
+
+
+async def call(conn: R.Connection, what: str, path: str, stats: dict, body: bytes | None = None):
+    """(status, body) of one request, or None after a connection failure or timeout (counted as an error)."""
+    try:
+        return await conn.request("POST", path, body)
+    except (R.HttpError, OSError, asyncio.TimeoutError) as exc:
+        stats["errors"][f"{what}: {type(exc).__name__} {exc}"[:100]] += 1
+        return None
+
+
+def record(stats: dict, t_start: float, t_end: float, counted: bool, t_next: float, next_s: float,
+           submit_s: float, cycle_s: float, t_done: float):
+    """One answer: the next item arrived at t_next, next_s after the cycle's origin; the submit took
+    submit_s; the whole cycle cycle_s, ending at t_done."""
+    stats["answers_all"] += 1
+    if counted and t_done <= t_end:
+        stats["timeline"].append((t_next - t_start, next_s))  # when next answered, and its latency
+        stats["next"].append(next_s)
+        stats["submit"].append(submit_s)
+        stats["cycle"].append(cycle_s)
+        stats["answers"] += 1
+
+
+async def reviewer(conn: R.Connection, project_id: int, t_start: float, t_end: float, stats: dict,
+                   schedule: tuple[float, float] | None = None):
+    """Two calls per answer: next (claim an item), then submit an answer to it."""
+    async for origin, counted in cycles(t_start, t_end, stats, schedule):
+        got = await call(conn, "next", f"/api/projects/{project_id}/next/", stats)
+        if got is None:
             await asyncio.sleep(0.05)
             continue
         t1 = time.perf_counter()
+        status, body = got
         if status == 204:
             stats["drained"] += 1
             return
         if status != 200:
-            errors[R.error_kind("next", status, body)] += 1
+            stats["errors"][R.error_kind("next", status, body)] += 1
             continue
         item = json.loads(body)
         payload = answer_body(item["step_count"])
         t2 = time.perf_counter()
-        try:
-            status, body = await conn.request("POST", f"/api/projects/{project_id}/items/{item['id']}/answer/",
-                                              payload)
-        except (R.HttpError, OSError, asyncio.TimeoutError) as exc:
-            errors[f"submit: {type(exc).__name__} {exc}"[:100]] += 1
+        got = await call(conn, "submit", f"/api/projects/{project_id}/items/{item['id']}/answer/", stats, payload)
+        if got is None:
             continue
         t3 = time.perf_counter()
-        if status != 201:
-            errors[R.error_kind("submit", status, body)] += 1
+        if got[0] != 201:
+            stats["errors"][R.error_kind("submit", *got)] += 1
             continue
-        stats["answers_all"] += 1
-        if counted and t3 <= t_end:
-            stats["timeline"].append((t1 - t_start, t1 - origin))  # when next answered, and its latency
-            nexts.append(t1 - origin)
-            submits.append(t3 - t2)
-            cycles.append((t1 - origin) + (t3 - t2))
-            stats["answers"] += 1
+        record(stats, t_start, t_end, counted, t1, t1 - origin, t3 - t2, (t1 - origin) + (t3 - t2), t3)
+
+
+async def reviewer_one_call(conn: R.Connection, project_id: int, t_start: float, t_end: float, stats: dict,
+                            schedule: tuple[float, float] | None = None):
+    """One call per answer: submit with ?next=1, whose response brings the next item. Only the first item
+    (and one after an error) is claimed with next/, within the cycle."""
+    item = None
+    async for origin, counted in cycles(t_start, t_end, stats, schedule):
+        if item is None:
+            got = await call(conn, "next", f"/api/projects/{project_id}/next/", stats)
+            if got is None:
+                await asyncio.sleep(0.05)
+                continue
+            if got[0] == 204:
+                stats["drained"] += 1
+                return
+            if got[0] != 200:
+                stats["errors"][R.error_kind("next", *got)] += 1
+                continue
+            item = json.loads(got[1])
+        t2 = time.perf_counter()
+        got = await call(conn, "submit", f"/api/projects/{project_id}/items/{item['id']}/answer/?next=1", stats,
+                         answer_body(item["step_count"]))
+        t3 = time.perf_counter()
+        if got is None or got[0] != 201:
+            if got is not None:
+                stats["errors"][R.error_kind("submit", *got)] += 1
+            item = None
+            continue
+        record(stats, t_start, t_end, counted, t3, t3 - origin, t3 - t2, t3 - origin, t3)
+        item = json.loads(got[1])["next_item"]
+        if item is None:
+            stats["drained"] += 1
+            return
 
 
 async def sample_stolen(t_start: float, t_end: float, stats: dict):
@@ -133,7 +190,7 @@ async def sample_stolen(t_start: float, t_end: float, stats: dict):
 
 
 async def run_level(port: int, project_id: int, tokens: list[str], duration: float, warmup: float,
-                    rate: float | None = None) -> dict:
+                    rate: float | None = None, one_call: bool = False) -> dict:
     conns = [R.Connection("127.0.0.1", port, t) for t in tokens]
     stats = {"next": [], "submit": [], "cycle": [], "errors": Counter(), "answers": 0, "answers_all": 0, "drained": 0,
              "lag": [], "timeline": [], "stolen": {}}
@@ -143,7 +200,8 @@ async def run_level(port: int, project_id: int, tokens: list[str], duration: flo
     period = len(conns) / rate if rate else None
     schedules = [(now + i / rate, period) if rate else None for i in range(len(conns))]
     sampler = asyncio.create_task(sample_stolen(t_start, t_end, stats))
-    await asyncio.gather(*(reviewer(c, project_id, t_start, t_end, stats, sch) for c, sch in zip(conns, schedules)))
+    loop = reviewer_one_call if one_call else reviewer
+    await asyncio.gather(*(loop(c, project_id, t_start, t_end, stats, sch) for c, sch in zip(conns, schedules)))
     sampler.cancel()
     for c in conns:
         await c.close()
@@ -211,6 +269,9 @@ def main():
     ap.add_argument("--rate", type=float, default=None,
                     help="paced (open loop): answers/s offered per level, split over its reviewers; "
                          "latency from each cycle's intended start (default: closed loop)")
+    ap.add_argument("--one-call", action="store_true",
+                    help="one request per answer: submit with ?next=1, whose response brings the next item "
+                         "(default: next, then submit)")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
     if args.rate is not None and args.rate <= 0:
@@ -240,7 +301,7 @@ def main():
             load_before = R.loadavg()
             cpu0, pg0, m0, w0 = server.cpu_seconds(), R.postgres_cpu(db_name), R.machine_cpu(), time.perf_counter()
             s = asyncio.run(run_level(server.port, project_id, [tok for _, tok in accounts[:c]],
-                                      args.duration, args.warmup, args.rate))
+                                      args.duration, args.warmup, args.rate, args.one_call))
             wall = time.perf_counter() - w0
             s["server_cpu_s"] = server.cpu_seconds() - cpu0
             s["pg_cpu_s"] = R.cpu_delta(pg0, R.postgres_cpu(db_name))
@@ -268,6 +329,9 @@ def main():
     if args.rate:
         print(f"paced (open loop) at {args.rate:g} answers/s per level, split evenly over its reviewers; next and "
               f"cycle latencies measured from each cycle's intended start (coordinated-omission correction)")
+    if args.one_call:
+        print("one call per answer (submit with ?next=1): next, submit and cycle are that call, next and cycle "
+              "measured from the cycle's origin, submit from when the call was sent")
     print(HEADER_PACED if args.rate else HEADER)
     for c, s in results:
         print(row(c, s))
@@ -294,6 +358,7 @@ def main():
               f"{'met' if n95 < 0.05 else 'missed'}, {rate:.1f} answers/s {'met' if rate >= 100 else 'missed'}")
     if args.json:
         out = {"steps": info["steps"], "items": info["items"], "answers_per_item": args.answers_per_item,
+               "one_call": args.one_call,
                "server": server.description, "duration": args.duration, "levels": []}
         for c, s in results:
             out["levels"].append({
