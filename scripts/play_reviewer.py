@@ -6,7 +6,8 @@
     scripts/play_reviewer.py ... --username alice,bob --labels 200    # a project with 2 answers per item
 
 Gets an API token, then claims items from the project's queue (POST /api/projects/<id>/next/) and
-submits an answer for every step of each (POST .../items/<item_id>/answer/), until it has given
+submits an answer for every step of each (POST .../items/<item_id>/answer/?next=1, whose response
+brings the next item: one call per item), until it has given
 `--labels` step labels or the queue is empty. A step's label is the LLM's imported label, flipped
 with probability `--noise` (seeded by `--seed` and the item, so every simulated reviewer flips the
 same steps: they play one consistent "truth" that differs from the LLM's); a step without LLM feedback is labelled by a fixed
@@ -159,20 +160,25 @@ def play(client: Client, project: int, labels: int, *, noise: float = 0.1, seed:
     err = err or (lambda msg: print(msg, file=sys.stderr))
     given = done = flipped = 0
     refused: set[int] = set()
+    item = None
     while given < labels:
-        status, item = client.post(f"projects/{project}/next/")
-        if status == 204 or item is None:
-            out("the queue is empty for this reviewer")
-            break
+        if item is None:
+            status, item = client.post(f"projects/{project}/next/")
+            if status == 204 or item is None:
+                out("the queue is empty for this reviewer")
+                break
         item_id = item["id"]
         if item_id in refused:
             out(f"only items that were refused are left (item {item_id} again); stopping")
             break
         data, n_flipped = build_answer(item, random.Random(f"{seed}:{item_id}"), noise)
         n_steps = len(data["steps"])
+        # the submit brings the next item (one call per item), unless this is the last one to answer
+        more = given + n_steps < labels
+        item = None
         try:
-            client.post(f"projects/{project}/items/{item_id}/answer/",
-                        {"data": data, "time_spent_ms": 1000 * n_steps, "draft": False})
+            _, answer = client.post(f"projects/{project}/items/{item_id}/answer/{'?next=1' if more else ''}",
+                                    {"data": data, "time_spent_ms": 1000 * n_steps, "draft": False})
         except ApiError as exc:
             if exc.status not in (400, 409):
                 raise
@@ -189,6 +195,11 @@ def play(client: Client, project: int, labels: int, *, noise: float = 0.1, seed:
         done += 1
         if done % 10 == 0:
             out(f"{done} items, {given} step labels")
+        if more:
+            item = answer["next_item"]
+            if item is None:
+                out("the queue is empty for this reviewer")
+                break
     out(f"answered {done} items with {given} step labels ({flipped} LLM labels flipped)")
     return {"items": done, "labels": given, "flipped": flipped, "skipped": len(refused)}
 

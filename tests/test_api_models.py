@@ -321,14 +321,16 @@ def test_the_script_answers_like_the_review_page():
 
 
 class FakeClient:
-    """Hands out items; the answer to the first one is refused with `status`."""
+    """Hands out items (from next/, or with a submit that asks for the next one); the answer to the
+    first one is refused with `status`."""
 
     def __init__(self, script, items, status):
         self.script, self.items, self.status = script, list(items), status
-        self.answered, self.skipped = [], []
+        self.answered, self.skipped, self.claims = [], [], 0
 
     def post(self, path, body=None):
         if path.endswith("/next/"):
+            self.claims += 1
             return (200, self.items.pop(0)) if self.items else (204, None)
         item_id = int(path.split("/")[-3])
         if path.endswith("/skip/"):
@@ -337,6 +339,8 @@ class FakeClient:
         if not self.answered and not self.skipped:
             raise self.script.ApiError(self.status, "The item already has all the answers it needs.", "POST", path)
         self.answered.append(item_id)
+        if path.endswith("?next=1"):  # the submit brings the next item
+            return 201, {"next_item": self.items.pop(0) if self.items else None}
         return 201, {}
 
 
@@ -348,6 +352,7 @@ def test_the_script_moves_on_when_an_item_is_taken(status):
     lines, errors = [], []
     stats = script.play(fake, 1, 100, noise=0.0, out=lines.append, err=errors.append)
     assert fake.skipped == [1] and fake.answered == [2, 3]
+    assert fake.claims == 2  # the first item and the one after the refusal; item 3 came with the submit
     assert stats == {"items": 2, "labels": 4, "flipped": 0, "skipped": 1}
     assert "item 1" in errors[0] and "all the answers" in errors[0]
     assert lines[-2:] == ["the queue is empty for this reviewer", "answered 2 items with 4 step labels (0 LLM labels flipped)"]
