@@ -4,13 +4,15 @@ check of every acknowledged answer against the database.
 
     .venv/bin/python bench/soak.py                         # 64 reviewers, 600 s, N = 3, 1,000,000 steps
     .venv/bin/python bench/soak.py -d 60 -r 16 --steps 10000 --answers-per-item 2
+    .venv/bin/python bench/soak.py --one-call              # each submit brings the next item (?next=1)
 
 The server is `manage.py serve` as production runs it (DEBUG off, PostgreSQL, Redis; see
 bench/load_reviewers.py, whose benchmark database and project this reuses, reset to a fresh queue
 first). With N = 2 or 3 answers per item several reviewers hold leases on the same items at once,
 so the claim and submit paths are contested all the time.
 
-Each reviewer takes the next item and submits an answer with its own content (a verdict per step
+Each reviewer takes the next item (with --one-call: the submit brings it, ?next=1, and a repeated
+submit must bring the same one) and submits an answer with its own content (a verdict per step
 drawn at random, a reason on some steps, notes naming the reviewer and item); now and then it sends
 the same answer twice (the second must answer 200 and store nothing new). It logs every answer the
 server acknowledged with a 2xx (item id, sha256 of the answer content) and every failure (non-2xx,
@@ -65,8 +67,10 @@ def content_hash(data: dict) -> str:
 
 
 class Reviewer:
-    def __init__(self, index: int, username: str, token: str, port: int, project_id: int, log_dir: Path, seed: int):
+    def __init__(self, index: int, username: str, token: str, port: int, project_id: int, log_dir: Path, seed: int,
+                 one_call: bool = False):
         self.index, self.username = index, username
+        self.one_call = one_call  # submit with ?next=1: the response brings the next item
         self.conn = R.Connection("127.0.0.1", port, token)
         self.project_id = project_id
         self.rng = random.Random(seed * 1000 + index)
@@ -118,23 +122,27 @@ class Reviewer:
 
     async def run(self, t_end: float):
         p = self.project_id
+        brought = None  # with one_call: the next item, which came with the last submit's response
         while time.perf_counter() < t_end:
-            t0 = time.perf_counter()
-            try:
-                status, body, _ = await self.call("next", f"/api/projects/{p}/next/")
-            except (R.HttpError, OSError, asyncio.TimeoutError) as exc:
-                self.fail(op="next", error=f"{type(exc).__name__}: {exc}")
-                await asyncio.sleep(0.1)
-                continue
-            self.next_lat.append(time.perf_counter() - t0)
-            if status == 204:
-                self.drained += 1
-                await asyncio.sleep(1.0)
-                continue
-            if status != 200:
-                self.fail(op="next", status=status, error=R.error_kind("next", status, body))
-                continue
-            item = json.loads(body)
+            if brought is not None:
+                item, brought = brought, None
+            else:
+                t0 = time.perf_counter()
+                try:
+                    status, body, _ = await self.call("next", f"/api/projects/{p}/next/")
+                except (R.HttpError, OSError, asyncio.TimeoutError) as exc:
+                    self.fail(op="next", error=f"{type(exc).__name__}: {exc}")
+                    await asyncio.sleep(0.1)
+                    continue
+                self.next_lat.append(time.perf_counter() - t0)
+                if status == 204:
+                    self.drained += 1
+                    await asyncio.sleep(1.0)
+                    continue
+                if status != 200:
+                    self.fail(op="next", status=status, error=R.error_kind("next", status, body))
+                    continue
+                item = json.loads(body)
             if self.holding is not None and self.holding != item["id"]:
                 self.fail(op="next", error=f"got item {item['id']} while holding {self.holding}")
             self.holding = item["id"]
@@ -143,7 +151,7 @@ class Reviewer:
             data = self.answer_for(item)
             h = content_hash(data)
             payload = json.dumps({"data": data, "time_spent_ms": self.rng.randint(5000, 90000)}).encode()
-            path = f"/api/projects/{p}/items/{item['id']}/answer/"
+            path = f"/api/projects/{p}/items/{item['id']}/answer/{'?next=1' if self.one_call else ''}"
             sends = 2 if self.rng.random() < 0.05 else 1
             for attempt in range(sends):
                 t2 = time.perf_counter()
@@ -153,6 +161,7 @@ class Reviewer:
                     # the outcome is unknown: the answer may or may not be stored
                     self.fail(op="submit", item=item["id"], hash=h, error=f"{type(exc).__name__}: {exc}",
                               unknown_outcome=True)
+                    brought = None
                     break
                 self.submit_lat.append(time.perf_counter() - t2)
                 expected = 201 if attempt == 0 else 200
@@ -162,6 +171,7 @@ class Reviewer:
                               error=R.error_kind(f"submit (send {attempt + 1}, expected {expected})", status, body),
                               unknown_outcome=200 <= status < 300)
                     if not 200 <= status < 300:
+                        brought = None
                         break
                 if 200 <= status < 300:
                     stored = json.loads(body)
@@ -175,6 +185,14 @@ class Reviewer:
                     else:
                         self.repeats += 1
                         self.record({"ok": True, "item": item["id"], "hash": h, "status": status, "repeat": True})
+                    if self.one_call:
+                        nxt = stored.get("next_item")
+                        if attempt > 0 and (nxt or {}).get("id") != (brought or {}).get("id"):
+                            self.fail(op="submit", item=item["id"], error="the same submit again brought another "
+                                      f"next item ({(nxt or {}).get('id')}, not {(brought or {}).get('id')})")
+                        brought = nxt
+                        if nxt is not None:
+                            self.holding = nxt["id"]  # claimed for us with the submit
 
     async def close(self):
         await self.conn.close()
@@ -311,6 +329,8 @@ def main():
     ap.add_argument("--no-retry", action="store_true",
                     help="count a 503 (database unreachable) as a failure at once instead of retrying it")
     ap.add_argument("--rebuild", action="store_true", help="make the benchmark database again")
+    ap.add_argument("--one-call", action="store_true",
+                    help="submit with ?next=1, whose response brings the next item (next/ only when none came)")
     args = ap.parse_args()
     n = args.answers_per_item
     if args.no_retry:
@@ -335,7 +355,7 @@ def main():
         server.start()
         print(f"server: {server.description}; PostgreSQL + Redis; {os.cpu_count()} CPUs; load average {load_before}",
               flush=True)
-        reviewers = [Reviewer(i, u, tok, server.port, project_id, log_dir, args.seed)
+        reviewers = [Reviewer(i, u, tok, server.port, project_id, log_dir, args.seed, args.one_call)
                      for i, (u, tok) in enumerate(accounts)]
         seconds = asyncio.run(soak(reviewers, args.duration))
         alive = server.proc.poll() is None
@@ -356,6 +376,9 @@ def main():
     print(f"\nsoak: {args.reviewers} reviewers, {seconds:.0f} s, N = {n}, {info['steps']:,} steps "
           f"({info['items']:,} items); server: {server.description}; load average before / after: "
           f"{load_before} / {load_after}")
+    if args.one_call:
+        print(f"one call per answer: submit latency is the submit that brings the next item; next/ ran only "
+              f"{len(nexts):,} times (a reviewer's first item, and after a failed submit or an empty queue)")
     retried = sum(r.retried for r in reviewers)
     print(f"| answers acknowledged | answers/s | repeated submits | next p50 / p95 / p99 ms | "
           f"submit p50 / p95 / p99 ms | client failures | 503s retried | answers in DB | items with N answers | "
