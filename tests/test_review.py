@@ -33,6 +33,14 @@ def claim(client, project) -> Item:
     return Item.objects.get(pk=item_id)
 
 
+def moved_on_to(url_, project, user):
+    """Where a submit, skip or lost item sends the reviewer: straight to the item now claimed for them
+    (their one lease), or to review-next when nothing is left."""
+    lease = Lease.objects.filter(user=user, item__project=project).first()
+    assert url_ == (url("review-item", project, lease.item) if lease else url("review-next", project)), url_
+    return lease.item if lease else None
+
+
 def form_for(item, verdicts, reasons=None, notes="", time_spent_ms="1500"):
     """POST data as the page's form sends it: `verdicts` maps step -> verdict ('' for none)."""
     data = {"notes": notes, "time_spent_ms": time_spent_ms}
@@ -154,20 +162,23 @@ def test_page_renews_the_lease(ann_client, project, annotator, items):
 # --- access -----------------------------------------------------------------------------
 
 
-def test_a_user_without_a_lease_is_sent_to_the_queue(ann_client, project, items):
+def test_a_user_without_a_lease_is_sent_to_the_queue(ann_client, project, annotator, items):
     r = ann_client.get(url("review-item", project, items[2]))
-    assert r.status_code == 302 and r.url == url("review-next", project)
+    assert r.status_code == 302 and moved_on_to(r.url, project, annotator) == items[0]
     assert any("no longer hold" in str(m) for m in get_messages(r.wsgi_request))
 
 
 def test_an_expired_lease_with_no_draft_is_sent_to_the_queue(ann_client, project, annotator, items):
     item = claim(ann_client, project)
     Lease.objects.filter(user=annotator).update(expires_at=timezone.now() - timedelta(seconds=1))
-    r = ann_client.get(url("review-item", project, item))
-    assert r.status_code == 302 and r.url == url("review-next", project)
     r = ann_client.post(url("review-submit", project, item), form_for(item, {i: "agree" for i in range(3)}))
-    assert r.status_code == 302 and r.url == url("review-next", project)
-    assert not Answer.objects.filter(item=item).exists()
+    assert r.status_code == 302 and not Answer.objects.filter(item=item).exists()
+    # sent on to the queue's best item, which is this one again, now under a new lease
+    assert moved_on_to(r.url, project, annotator) == item
+    Lease.objects.filter(user=annotator).update(expires_at=timezone.now() - timedelta(seconds=1))
+    r = ann_client.get(url("review-item", project, item))
+    assert r.status_code == 302 and moved_on_to(r.url, project, annotator) == item
+    assert any("no longer hold" in str(m) for m in get_messages(r.wsgi_request))
 
 
 def test_an_expired_lease_with_a_draft_still_opens(ann_client, project, annotator, items):
@@ -256,7 +267,9 @@ def test_submit_stores_the_answer_and_goes_to_the_next_item(ann_client, project,
     item = claim(ann_client, project)
     data = form_for(item, {0: "agree", 1: "disagree", 2: "unsure"}, {1: "it opened the fridge"}, notes="fine")
     r = ann_client.post(url("review-submit", project, item), data)
-    assert r.status_code == 302 and r.url == url("review-next", project)
+    assert r.status_code == 302
+    nxt = moved_on_to(r.url, project, annotator)  # the next item, claimed with the submit
+    assert nxt != item and nxt in items
     answer = Answer.objects.get(item=item, user=annotator)
     assert answer.status == Answer.Status.SUBMITTED
     assert answer.time_spent_ms == 1500
@@ -271,16 +284,23 @@ def test_submit_stores_the_answer_and_goes_to_the_next_item(ann_client, project,
     assert not Lease.objects.filter(item=item, user=annotator).exists()
     item.refresh_from_db()
     assert item.answer_count == 1
-    nxt = claim(ann_client, project)
-    assert nxt != item and nxt in items
+    assert claim(ann_client, project) == nxt  # review-next resumes it
 
 
-def test_submit_from_htmx_answers_with_hx_redirect(ann_client, project, items):
+def test_submit_from_htmx_answers_with_hx_redirect(ann_client, project, annotator, items):
     item = claim(ann_client, project)
     r = ann_client.post(url("review-submit", project, item), form_for(item, {i: "agree" for i in range(3)}),
                         HTTP_HX_REQUEST="true")
     assert r.status_code == 200
-    assert r["HX-Redirect"] == url("review-next", project)
+    assert moved_on_to(r["HX-Redirect"], project, annotator) == items[1]
+
+
+def test_the_last_submit_goes_to_the_empty_queue(ann_client, project, annotator, items):
+    for _ in items:
+        item = claim(ann_client, project)
+        r = ann_client.post(url("review-submit", project, item), form_for(item, {i: "agree" for i in range(3)}))
+    assert r.status_code == 302 and moved_on_to(r.url, project, annotator) is None
+    assert b"Nothing left to review" in ann_client.get(r.url).content
 
 
 def test_explicit_labels_without_a_verdict_count(ann_client, project, annotator, items):
@@ -308,11 +328,13 @@ def test_submitting_twice_stores_one_answer(ann_client, project, annotator, item
     first = ann_client.post(url("review-submit", project, item), data)
     second = ann_client.post(url("review-submit", project, item), data, HTTP_HX_REQUEST="true")
     assert first.status_code == 302
-    assert second.status_code == 200 and second["HX-Redirect"] == url("review-next", project)
+    # both go to the same next item: the second submit stores nothing and resumes the claim
+    assert second.status_code == 200 and second["HX-Redirect"] == first.url
+    assert moved_on_to(first.url, project, annotator) != item
     assert Answer.objects.filter(item=item).count() == 1
     item.refresh_from_db()
     assert item.answer_count == 1
-    assert Lease.objects.filter(user=annotator).count() == 0
+    assert not Lease.objects.filter(user=annotator, item=item).exists()
 
 
 def test_an_invalid_submit_shows_the_errors_and_keeps_the_input(ann_client, project, annotator, items):
@@ -393,10 +415,10 @@ def test_a_submitted_item_can_be_reopened_and_changed(ann_client, project, annot
 def test_skip_releases_the_item_and_moves_on(ann_client, project, annotator, items):
     item = claim(ann_client, project)
     r = ann_client.post(url("review-skip", project, item))
-    assert r.status_code == 302 and r.url == url("review-next", project)
+    assert r.status_code == 302
+    nxt = moved_on_to(r.url, project, annotator)
     assert not Lease.objects.filter(item=item).exists()
-    nxt = claim(ann_client, project)
-    assert nxt != item
+    assert nxt != item and claim(ann_client, project) == nxt
     assert Lease.objects.filter(user=annotator).count() == 1
     # the skipped item is free for someone else
     other = add_member(project, Role.ANNOTATOR)

@@ -224,7 +224,11 @@ def _access(item, user) -> tuple[bool, Answer | None, bool]:
 
 
 def _to_next(request, project):
-    url = reverse("review-next", args=[project.pk])
+    """To the reviewer's next item, claimed here: straight to its page, one request less per answer than
+    going through review-next, which is where an empty queue still goes."""
+    item = queue.next_item(project, request.user)
+    url = (reverse("review-item", args=[project.pk, item.pk]) if item is not None
+           else reverse("review-next", args=[project.pk]))
     if request.htmx:
         return HttpResponseClientRedirect(url)
     return redirect(url)
