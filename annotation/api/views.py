@@ -554,7 +554,8 @@ class AnswerView(ApiView):
             "time_spent_ms": 41000, "draft": False})],
     )
     def post(self, request, project_id, item_id):
-        then_next = validated(s.AnswerQuerySerializer, request.query_params).validated_data["next"]
+        then_next = ("next" in request.query_params
+                     and validated(s.AnswerQuerySerializer, request.query_params).validated_data["next"])
         body = validated(s.AnswerWriteSerializer, request.data).validated_data
         if then_next and body["draft"]:
             raise ApiError(400, "next: a draft keeps you on this item; ask for the next item with a submit.",
