@@ -196,6 +196,7 @@ class Submit:
     item_id: int
     body: dict
     status: int | None = None  # None: no answer came back (connection broken)
+    next_item: dict | None = None  # what a submit with ?next=1 brought
 
     @property
     def acknowledged(self) -> bool:
@@ -211,6 +212,7 @@ class Annotator:
     username: str
     token: str
     retry_unavailable: bool = False  # on 503 or a broken connection: wait a moment and send it again
+    one_call: bool = False  # submit with ?next=1: the reply brings the next item
     submits: list[Submit] = field(default_factory=list)
     replies: list[Reply] = field(default_factory=list)  # every non-2xx reply
     finished: bool = False
@@ -238,24 +240,29 @@ class Annotator:
                 "draft": False}
 
     def submit(self, submit: Submit) -> Submit:
-        reply = self._send("POST", f"/api/projects/{self.project_id}/items/{submit.item_id}/answer/", submit.body)
+        query = "?next=1" if self.one_call else ""
+        reply = self._send("POST", f"/api/projects/{self.project_id}/items/{submit.item_id}/answer/{query}",
+                           submit.body)
         submit.status = None if reply is None else reply.status
+        submit.next_item = reply.json().get("next_item") if submit.acknowledged and self.one_call else None
         return submit
 
     def run(self, stop: threading.Event | None = None) -> None:
         self.finished = False
+        item = None  # with one_call: the item the last submit brought
         try:
             while stop is None or not stop.is_set():
-                reply = self._send("POST", f"/api/projects/{self.project_id}/next/")
-                if reply is None:
-                    return
-                if reply.status == 204:
-                    self.finished = True
-                    return
-                if reply.status != 200:
-                    self.error = f"next: {reply.status} {reply.body[:300]!r}"
-                    return
-                item = reply.json()
+                if item is None:
+                    reply = self._send("POST", f"/api/projects/{self.project_id}/next/")
+                    if reply is None:
+                        return
+                    if reply.status == 204:
+                        self.finished = True
+                        return
+                    if reply.status != 200:
+                        self.error = f"next: {reply.status} {reply.body[:300]!r}"
+                        return
+                    item = reply.json()
                 submit = Submit(self.username, item["id"], self.answer_body(item))
                 self.submits.append(submit)
                 self.submit(submit)
@@ -263,6 +270,10 @@ class Annotator:
                     return
                 if not submit.acknowledged:
                     self.error = f"submit: {submit.status}"
+                    return
+                item = submit.next_item
+                if self.one_call and item is None:
+                    self.finished = True
                     return
         except Exception as exc:  # noqa: BLE001 - reported by the test
             self.error = repr(exc)
@@ -447,14 +458,18 @@ def session_cookie(user) -> str:
 @pytest.mark.postgres
 @pytest.mark.timeout(240)
 @pytest.mark.django_db(transaction=True)
-def test_postgres_restarted_during_submits_answers_503_and_recovers(servers):
+@pytest.mark.parametrize("one_call", [False, True], ids=["next-then-submit", "submit-brings-next"])
+def test_postgres_restarted_during_submits_answers_503_and_recovers(servers, one_call):
+    """Clients that honour 503 carry on once the database is back, and every acknowledged answer is
+    stored. With ?next=1 a 503 may come after the answer was committed, when the claim failed: the same
+    submit sent again stores nothing new and brings the next item."""
     _skip_unless_restartable_postgres()
     project = make_project(answers_per_item=2, retrain_every=0)
     make_items(project, count=8, n_steps=3)
     viewer = add_member(project, Role.VIEWER, "watcher")
     cookie = session_cookie(viewer)
     server = servers(FAULT_SUBMIT_DELAY_S="0.05").start()
-    clients = annotators(project, server.url, 3, retry_unavailable=True)
+    clients = annotators(project, server.url, 3, retry_unavailable=True, one_call=one_call)
 
     pages: list[Reply] = []
     stop_probing = threading.Event()
