@@ -519,7 +519,7 @@ def test_answer_needs_annotate(project, items, viewer):
 
 def test_submit_with_next_claims_the_next_item_in_the_same_call(project, items, annotator):
     """?next=1: the submit's response carries the next item, claimed as POST next/ claims it, and null
-    once nothing is left; every item is answered once and the only lease left is none."""
+    once nothing is left; every item is answered once, and no lease is left at the end."""
     c = token_client(annotator)
     item = c.post(url(project, "next/")).json()
     seen = []
