@@ -114,23 +114,36 @@ def record(stats: dict, t_start: float, t_end: float, counted: bool, t_next: flo
         stats["answers"] += 1
 
 
+DRAINED = object()  # next/ answered 204: nothing left for this reviewer
+
+
+async def take_next(conn: R.Connection, project_id: int, stats: dict):
+    """(the next item, when its response arrived) from POST next/; None after an error (counted, and the
+    cycle is lost), or DRAINED."""
+    got = await call(conn, "next", f"/api/projects/{project_id}/next/", stats)
+    arrived = time.perf_counter()
+    if got is None:
+        await asyncio.sleep(0.05)
+        return None
+    if got[0] == 204:
+        stats["drained"] += 1
+        return DRAINED
+    if got[0] != 200:
+        stats["errors"][R.error_kind("next", *got)] += 1
+        return None
+    return json.loads(got[1]), arrived
+
+
 async def reviewer(conn: R.Connection, project_id: int, t_start: float, t_end: float, stats: dict,
                    schedule: tuple[float, float] | None = None):
     """Two calls per answer: next (claim an item), then submit an answer to it."""
     async for origin, counted in cycles(t_start, t_end, stats, schedule):
-        got = await call(conn, "next", f"/api/projects/{project_id}/next/", stats)
-        if got is None:
-            await asyncio.sleep(0.05)
-            continue
-        t1 = time.perf_counter()
-        status, body = got
-        if status == 204:
-            stats["drained"] += 1
+        taken = await take_next(conn, project_id, stats)
+        if taken is DRAINED:
             return
-        if status != 200:
-            stats["errors"][R.error_kind("next", status, body)] += 1
+        if taken is None:
             continue
-        item = json.loads(body)
+        item, t1 = taken
         payload = answer_body(item["step_count"])
         t2 = time.perf_counter()
         got = await call(conn, "submit", f"/api/projects/{project_id}/items/{item['id']}/answer/", stats, payload)
@@ -150,17 +163,12 @@ async def reviewer_one_call(conn: R.Connection, project_id: int, t_start: float,
     item = None
     async for origin, counted in cycles(t_start, t_end, stats, schedule):
         if item is None:
-            got = await call(conn, "next", f"/api/projects/{project_id}/next/", stats)
-            if got is None:
-                await asyncio.sleep(0.05)
-                continue
-            if got[0] == 204:
-                stats["drained"] += 1
+            taken = await take_next(conn, project_id, stats)
+            if taken is DRAINED:
                 return
-            if got[0] != 200:
-                stats["errors"][R.error_kind("next", *got)] += 1
+            if taken is None:
                 continue
-            item = json.loads(got[1])
+            item = taken[0]
         t2 = time.perf_counter()
         got = await call(conn, "submit", f"/api/projects/{project_id}/items/{item['id']}/answer/?next=1", stats,
                          answer_body(item["step_count"]))
