@@ -30,6 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _reviewers as R  # noqa: E402
+from load_reviewers import answer_body  # noqa: E402
 
 
 def main():
@@ -67,10 +68,6 @@ def main():
             raise SystemExit(f"expected {code}, got {got[0]}: {got[1][:300]!r}")
         return json.loads(got[1])
 
-    def answer(item: dict) -> bytes:
-        steps = [{"step": i, "verdict": "agree"} for i in range(item["step_count"])]
-        return json.dumps({"data": {"steps": steps, "notes": ""}, "time_spent_ms": 30000}).encode()
-
     base = f"/api/projects/{project_id}"
     for loop in (["two", "one"] if args.loop == "both" else [args.loop]):
         R.reset_project(project_id, answers_per_item=3)
@@ -87,9 +84,9 @@ def main():
                 cpu0, wall0 = time.process_time(), time.perf_counter()
             path = f"{base}/items/{item['id']}/answer/"
             if loop == "one":
-                item = expect(201, post(path, answer(item), "next=1"))["next_item"]
+                item = expect(201, post(path, answer_body(item["step_count"]), "next=1"))["next_item"]
             else:
-                expect(201, post(path, answer(item)))
+                expect(201, post(path, answer_body(item["step_count"])))
                 item = expect(200, post(f"{base}/next/"))
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
         if profiler is not None:
