@@ -245,19 +245,65 @@ def submit(item: Item, user, data: dict, time_spent_ms=0) -> SubmitResult:
         answer.time_spent_ms = max(answer.time_spent_ms, _time(time_spent_ms))
         if not answer.time_spent_ms and lease_began is not None:
             answer.time_spent_ms = _time((now - lease_began).total_seconds() * 1000)
-        if answer._state.adding:
-            rawsql.insert(answer)
-        else:  # a draft becomes the submitted answer
-            answer.save()
-        if lease_began is not None:
-            with connection.cursor() as cursor:
-                cursor.execute(f"DELETE FROM {rawsql.table(Lease)}"
-                               " WHERE item_id = %s AND user_id = %s", [locked.pk, user.pk])
-        AuditEvent.record(actor=user, verb="answer.submitted", obj=answer, project=project, after=cleaned)
+        event = AuditEvent.of(actor=user, verb="answer.submitted", obj=answer, project=project, after=cleaned)
         locked.answer_count += 1
-        resolve_final(locked, changed=["answer_count"])
+        # Usually the item stays open: its new count is all resolve_final would write, and it goes with the rest
+        count_too = locked.state == Item.State.OPEN and locked.answer_count < project.answers_per_item
+        _store_submitted(answer, event, drop_lease=lease_began is not None,
+                         item=locked, item_fields=["answer_count"] if count_too else [])
+        resolve_final(locked, changed=[] if count_too else ["answer_count"])
     live.project_changed(project.pk)
     return SubmitResult(answer, created=True)
+
+
+_SUBMITTED_FIELDS = tuple(f.name for f in Answer._meta.concrete_fields if not f.primary_key)
+
+
+def _store_submitted(answer: Answer, event: AuditEvent, *, drop_lease: bool, item: Item, item_fields) -> None:
+    """Write a submitted answer (new, or the user's draft), delete the user's lease on the item when
+    `drop_lease`, update `item_fields` of the item, and store `event`, whose object is the answer.
+
+    On PostgreSQL in one statement: the answer's write and the others as data-modifying WITH queries,
+    the event inserted with the id the answer's write returns. They touch different tables, so seeing
+    one snapshot changes nothing; one round trip instead of up to four. Elsewhere one statement each."""
+    lease_sql = f"DELETE FROM {rawsql.table(Lease)} WHERE item_id = %s AND user_id = %s"
+    lease_params = [item.pk, answer.user_id]
+    if connection.vendor != "postgresql":
+        if answer._state.adding:
+            rawsql.insert(answer)
+        else:
+            rawsql.update(answer, _SUBMITTED_FIELDS)
+        event.object_id = str(answer.pk)
+        with connection.cursor() as cursor:
+            if drop_lease:
+                cursor.execute(lease_sql, lease_params)
+            if item_fields:
+                cursor.execute(*rawsql.update_statement(item, item_fields))
+        rawsql.insert(event)
+        return
+    if answer._state.adding:
+        answer_sql, params = rawsql.insert_statement(answer)
+    else:
+        answer_sql, params = rawsql.update_statement(answer, _SUBMITTED_FIELDS)
+        answer_sql += f" RETURNING {rawsql.qn(Answer._meta.pk.column)}"
+    parts = [f"answer AS ({answer_sql})"]
+    if drop_lease:
+        parts.append(f"lease AS ({lease_sql})")
+        params += lease_params
+    if item_fields:
+        item_sql, item_params = rawsql.update_statement(item, item_fields)
+        parts.append(f"item AS ({item_sql})")
+        params += item_params
+    pk = rawsql.qn(Answer._meta.pk.column)
+    event_sql, event_params = rawsql.insert_statement(event, computed={"object_id": f"answer.{pk}::text"},
+                                                      source="answer")
+    object_id = rawsql.qn(AuditEvent._meta.get_field("object_id").column)
+    with connection.cursor() as cursor:  # the event's INSERT returns its id, and the answer's with it
+        cursor.execute(f"WITH {', '.join(parts)} {event_sql}, {object_id}", [*params, *event_params])
+        event.pk, object_id = cursor.fetchone()
+    answer.pk, event.object_id = int(object_id), object_id
+    rawsql.saved(answer)
+    rawsql.saved(event)
 
 
 def resolve_final(item: Item, *, changed: list[str] | None = None) -> Final | None:

@@ -250,17 +250,23 @@ class AuditEvent(models.Model):
         indexes = [models.Index(fields=["project", "-at"], name="audit_project_idx")]
 
     @classmethod
-    def record(cls, *, actor, verb, obj, project=None, before=None, after=None):
-        event = cls(
+    def of(cls, *, actor, verb, obj, project=None, before=None, after=None) -> "AuditEvent":
+        """The event, not stored yet (`object_id` is blank while `obj` has no id)."""
+        return cls(
             project=project,
             actor=actor if getattr(actor, "is_authenticated", False) else None,
             verb=verb,
             object_type=obj._meta.model_name,
-            object_id=str(obj.pk),
+            object_id="" if obj.pk is None else str(obj.pk),
             before=before,
             after=after,
         )
-        rawsql.insert(event)  # every submit writes one: without the ORM's compiler
+
+    @classmethod
+    def record(cls, **event) -> "AuditEvent":
+        """Store the event (arguments as for of())."""
+        event = cls.of(**event)
+        rawsql.insert(event)  # without the ORM's compiler
         return event
 
 

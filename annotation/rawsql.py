@@ -124,29 +124,44 @@ def first(model, sql: str, params, *, extra: dict | None = None):
 
 
 @cache
-def _insert_sql(model, vendor: str) -> tuple[str, tuple, object]:
+def _insert_sql(model, vendor: str, computed: tuple = (), source: str = "") -> tuple[str, tuple]:
+    """(the INSERT, the fields whose values it takes as parameters). `computed`: (field name, SQL
+    expression) pairs written instead of a parameter, over the FROM clause `source`."""
     meta = model._meta
     fields = tuple(f for f in meta.local_concrete_fields if f is not meta.auto_field)
-    sql = (f"INSERT INTO {table(model)} ({', '.join(qn(f.column) for f in fields)})"
-           f" VALUES ({', '.join(['%s'] * len(fields))})")
-    returning = meta.auto_field if connection.features.can_return_columns_from_insert else None
-    if returning is not None:
-        sql += f" RETURNING {qn(returning.column)}"
-    return sql, fields, returning
+    expressions = dict(computed)
+    values = ", ".join(expressions.get(f.name, "%s") for f in fields)
+    sql = f"INSERT INTO {table(model)} ({', '.join(qn(f.column) for f in fields)})"
+    sql += f" SELECT {values} FROM {source}" if source else f" VALUES ({values})"
+    if meta.auto_field is not None and connection.features.can_return_columns_from_insert:
+        sql += f" RETURNING {qn(meta.auto_field.column)}"
+    return sql, tuple(f for f in fields if f.name not in expressions)
+
+
+def insert_statement(obj, *, computed: dict | None = None, source: str = "") -> tuple[str, list]:
+    """The INSERT of a new instance as Model.save() would write it (field defaults, auto_now, JSON
+    encoded), RETURNING its id where the database can, with SQL built once per model; for insert(), or
+    to run inside another statement (annotation/answers.py writes a submit's rows in one).
+    `computed` ({field name: SQL expression}) and `source` (a FROM clause): INSERT ... SELECT, those
+    fields computed over `source` instead of taken from `obj`."""
+    sql, fields = _insert_sql(type(obj), connection.vendor, tuple((computed or {}).items()), source)
+    return sql, [f.get_db_prep_save(f.pre_save(obj, True), connection) for f in fields]
 
 
 def insert(obj) -> None:
-    """INSERT a new instance as Model.save() would (field defaults, auto_now, JSON encoded) with SQL built
-    once per model, and set its id. Sends no save signals: use it only for models nothing listens to
-    (the answer and its audit event on the submit path)."""
-    model = type(obj)
-    sql, fields, returning = _insert_sql(model, connection.vendor)
-    values = [f.get_db_prep_save(f.pre_save(obj, True), connection) for f in fields]
+    """INSERT a new instance (insert_statement) and set its id. Sends no save signals: use it only for
+    models nothing listens to (the answer and its audit event on the submit path)."""
+    sql, values = insert_statement(obj)
     with connection.cursor() as cursor:
         cursor.execute(sql, values)
-        if model._meta.auto_field is not None:
-            pk = cursor.fetchone()[0] if returning is not None else cursor.lastrowid
-            setattr(obj, model._meta.auto_field.attname, pk)
+        if type(obj)._meta.auto_field is not None:
+            pk = cursor.fetchone()[0] if connection.features.can_return_columns_from_insert else cursor.lastrowid
+            setattr(obj, type(obj)._meta.auto_field.attname, pk)
+    saved(obj)
+
+
+def saved(obj) -> None:
+    """Mark an instance written by hand-made SQL as stored, as Model.save() does."""
     obj._state.adding, obj._state.db = False, connection.alias
 
 
@@ -159,13 +174,17 @@ def _update_sql(model, field_names: tuple, vendor: str) -> tuple[str, list]:
     return sql, fields
 
 
-def update(obj, field_names) -> None:
+def update_statement(obj, field_names) -> tuple[str, list]:
     """UPDATE the named fields of a saved instance by its primary key (Model.save(update_fields=...) without
     signals or the ORM's compiler), with SQL built once per model and fields."""
     sql, fields = _update_sql(type(obj), tuple(field_names), connection.vendor)
-    values = [f.get_db_prep_save(f.pre_save(obj, False), connection) for f in fields]
+    return sql, [*(f.get_db_prep_save(f.pre_save(obj, False), connection) for f in fields), obj.pk]
+
+
+def update(obj, field_names) -> None:
+    """Run update_statement(obj, field_names)."""
     with connection.cursor() as cursor:
-        cursor.execute(sql, [*values, obj.pk])
+        cursor.execute(*update_statement(obj, field_names))
 
 
 @contextmanager
