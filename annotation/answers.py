@@ -51,14 +51,16 @@ def latest_prediction(item: Item) -> Prediction | None:
 _PAYLOAD = ItemPayload._meta.get_field("data")
 
 
-def _read_with_payload(where: str, params, *, answer_of=None, lock: bool = False) -> Item | None:
+def read_with_payload(where: str, params, *, answer_of=None, lock: bool = False,
+                      before: tuple[str, list] = ("", [])) -> Item | None:
     """An item (alias i) with its payload and newest prediction, in one statement.
 
     `answer_of`: a user whose answer to the item (draft or not) comes in the same row, read by
     own_answers(). `lock`: the item's row is locked (FOR UPDATE OF i; a plain read on SQLite, whose
-    write transactions already hold the database's lock)."""
+    write transactions already hold the database's lock). `before`: SQL and its parameters put in
+    front of the SELECT (a WITH clause that `where` may use)."""
     answer_t = rawsql.table(Answer)
-    sql = (f"SELECT {rawsql.columns(Item, 'i')}, p.{rawsql.qn(_PAYLOAD.column)}, {rawsql.columns(Prediction, 'pr')}"
+    sql = (f"{before[0] + ' ' if before[0] else ''}SELECT {rawsql.columns(Item, 'i')}, p.{rawsql.qn(_PAYLOAD.column)}, {rawsql.columns(Prediction, 'pr')}"
            f"{', ' + rawsql.columns(Answer, 'a') if answer_of else ''}"
            f" FROM {rawsql.table(Item)} i JOIN {rawsql.table(ItemPayload)} p ON p.item_id = i.id"
            f" LEFT JOIN {rawsql.table(Prediction)} pr ON pr.id = (SELECT id FROM {rawsql.table(Prediction)}"
@@ -71,7 +73,7 @@ def _read_with_payload(where: str, params, *, answer_of=None, lock: bool = False
     if answer_of:
         extra.update(rawsql.joined(Answer, "answer_"))
         params = [answer_of.pk, *params]
-    item = rawsql.first(Item, sql, params, extra=extra)
+    item = rawsql.first(Item, sql, [*before[1], *params], extra=extra)
     if item is not None:
         item.payload = ItemPayload(item=item, data=item.__dict__.pop("payload_data"))
         item.payload._state.adding, item.payload._state.db = False, item._state.db
@@ -86,8 +88,8 @@ def _read_with_payload(where: str, params, *, answer_of=None, lock: bool = False
 
 def attach_payload(item: Item, *, answer_of=None) -> Item:
     """Read the payload and the newest prediction of an item that was read without them, and `answer_of`'s
-    answer to it (see _read_with_payload), in one statement."""
-    found = _read_with_payload("i.id = %s", [item.pk], answer_of=answer_of)
+    answer to it (see read_with_payload), in one statement."""
+    found = read_with_payload("i.id = %s", [item.pk], answer_of=answer_of)
     item.payload, item._latest_prediction = found.payload, found._latest_prediction
     if answer_of:
         item._own_answers = found._own_answers
@@ -101,7 +103,7 @@ def live_item(project, item_id: int, *, with_payload: bool = True) -> Item | Non
         return None
     where, params = "i.id = %s AND i.project_id = %s AND i.state <> %s", [item_id, project.pk, Item.State.STAGED.value]
     if with_payload:
-        return _read_with_payload(where, params)
+        return read_with_payload(where, params)
     return rawsql.first(Item, f"SELECT {rawsql.columns(Item, 'i')} FROM {rawsql.table(Item)} i WHERE {where}", params)
 
 
@@ -170,7 +172,7 @@ def _lock(item: Item) -> Item:
     else:
         locked = None
         if rawsql.row_id(item.pk) is not None:
-            locked = _read_with_payload("i.id = %s AND i.project_id = %s AND i.state <> %s",
+            locked = read_with_payload("i.id = %s AND i.project_id = %s AND i.state <> %s",
                                         [item.pk, item.project_id, Item.State.STAGED.value], lock=True)
     if locked is None:
         raise AnswerError("No such item in this project.", status=404)

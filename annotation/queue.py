@@ -72,17 +72,30 @@ def current_lease(project: Project, user, now=None):
     return rawsql.first(Lease, sql, params)
 
 
-def next_item(project: Project, user) -> Item | None:
-    """Claim (or resume) the next item for `user`; None when nothing is left for them."""
+def next_item(project: Project, user, *, with_payload: bool = False, answer_of=None) -> Item | None:
+    """Claim (or resume) the next item for `user`; None when nothing is left for them.
+
+    `with_payload`: the item comes with its payload and newest prediction, and `answer_of`'s answer to
+    it (annotation.answers.attach_payload), read by the statement that takes the lease where the
+    database can (PostgreSQL)."""
     now = timezone.now()
     with transaction.atomic():
         lease = current_lease(project, user, now)
-        if lease is not None:
-            lease.expires_at = now + lease_length(project)
-            Lease.objects.filter(pk=lease.pk).update(expires_at=lease.expires_at)
-            lease.item.claimed_lease = lease  # the caller's lease as stored now (no query to read it back)
-            return lease.item
-        return claim(project, user, now=now)
+        if lease is None:
+            return claim(project, user, now=now, with_payload=with_payload, answer_of=answer_of)
+        lease.expires_at = now + lease_length(project)
+        Lease.objects.filter(pk=lease.pk).update(expires_at=lease.expires_at)
+        item = lease.item
+        if with_payload:
+            _attach_payload(item, answer_of)
+        item.claimed_lease = lease  # the caller's lease as stored now (no query to read it back)
+        return item
+
+
+def _attach_payload(item: Item, answer_of) -> None:
+    from .answers import attach_payload  # the answers module builds on this one
+
+    attach_payload(item, answer_of=answer_of)
 
 
 def _claimable_sql(project: Project, user, now, *, skipped: bool | None = None, exclude=(), pk=None,
@@ -124,8 +137,9 @@ def _claimable_sql(project: Project, user, now, *, skipped: bool | None = None, 
     return sql, params
 
 
-def claim(project: Project, user, *, exclude=(), now=None) -> Item | None:
-    """Lease the best claimable item outside `exclude` to `user` (no resume); None if there is none."""
+def claim(project: Project, user, *, exclude=(), now=None, with_payload=False, answer_of=None) -> Item | None:
+    """Lease the best claimable item outside `exclude` to `user` (no resume); None if there is none.
+    `with_payload`, `answer_of`: as for next_item."""
     now = now or timezone.now()
     locking = connection.features.has_select_for_update_skip_locked
     passed = list(exclude)
@@ -157,8 +171,16 @@ def claim(project: Project, user, *, exclude=(), now=None) -> Item | None:
             if item is None:
                 return None
             lease = Lease(item=item, user=user, created_at=now, expires_at=now + lease_length(project))
-            if _lease(lease, recheck=_claimable_sql(project, user, now, pk=item.pk, select="exists")
-                      if locking else None):
+            recheck = _claimable_sql(project, user, now, pk=item.pk, select="exists") if locking else None
+            if with_payload and connection.vendor == "postgresql":
+                # the lease's upsert and the read of the item with its payload in one statement
+                leased = _lease_and_read(lease, recheck, answer_of)
+                if leased is not None:
+                    item = leased
+                    break
+            elif _lease(lease, recheck=recheck):
+                if with_payload:
+                    _attach_payload(item, answer_of)
                 break
             passed.append(item.pk)
     item.claimed_lease = lease  # the lease as stored (no query to read it back)
@@ -174,18 +196,32 @@ def _lease(lease: Lease, *, recheck: tuple[str, list] | None = None) -> bool:
     and answers in a snapshot taken before it locked the row, so a claimer or submitter that committed
     in between was not counted; everyone who changes an item's count holds its row lock until commit,
     so this statement, which starts once the lock is ours, sees them all."""
+    with connection.cursor() as cursor:
+        cursor.execute(*_lease_sql(lease, recheck))
+        return cursor.rowcount > 0
+
+
+def _lease_sql(lease: Lease, recheck: tuple[str, list] | None) -> tuple[str, list]:
     at = connection.ops.adapt_datetimefield_value
     params = [lease.item_id, lease.user_id, at(lease.created_at), at(lease.expires_at)]
     source = "VALUES (%s, %s, %s, %s)"
     if recheck is not None:
         source = f"SELECT %s, %s, %s, %s WHERE EXISTS ({recheck[0]})"
         params += recheck[1]
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {rawsql.table(Lease)} (item_id, user_id, created_at, expires_at) {source}"
+    return (f"INSERT INTO {rawsql.table(Lease)} (item_id, user_id, created_at, expires_at) {source}"
             " ON CONFLICT (item_id, user_id)"
             " DO UPDATE SET created_at = excluded.created_at, expires_at = excluded.expires_at", params)
-        return cursor.rowcount > 0
+
+
+def _lease_and_read(lease: Lease, recheck: tuple[str, list] | None, answer_of) -> Item | None:
+    """_lease(), then the item read with its payload as next_item(with_payload=True) gives it, in one
+    statement (PostgreSQL: the upsert as a data-modifying WITH query); None when the recheck failed
+    and nothing was stored."""
+    from .answers import read_with_payload  # the answers module builds on this one
+
+    sql, params = _lease_sql(lease, recheck)
+    return read_with_payload("i.id IN (SELECT item_id FROM lease)", [], answer_of=answer_of,
+                             before=(f"WITH lease AS ({sql} RETURNING item_id)", params))
 
 
 def renew(item: Item, user) -> bool:

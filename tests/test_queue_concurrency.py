@@ -29,16 +29,17 @@ def on_postgres():
 
 
 def run_workers(project, users_per_thread, *, rounds_limit=200):
-    """Start one thread per entry of `users_per_thread`; each drains the queue as that user."""
+    """Start one thread per entry of `users_per_thread`; each drains the queue as that user. Every other
+    thread claims as the API does, the item read with its payload (on PostgreSQL in the lease's statement)."""
     start = threading.Barrier(len(users_per_thread))
     errors, conflicts = [], []
     submitted = Counter()
 
-    def work(user):
+    def work(user, with_payload):
         try:
             start.wait(timeout=30)
             for _ in range(rounds_limit):
-                item = queue.next_item(project, user)
+                item = queue.next_item(project, user, with_payload=with_payload)
                 if item is None:
                     return
                 try:
@@ -54,7 +55,7 @@ def run_workers(project, users_per_thread, *, rounds_limit=200):
         finally:
             connections.close_all()
 
-    threads = [threading.Thread(target=work, args=(u,), name=f"worker-{i}") for i, u in enumerate(users_per_thread)]
+    threads = [threading.Thread(target=work, args=(u, i % 2 == 1), name=f"worker-{i}") for i, u in enumerate(users_per_thread)]
     for t in threads:
         t.start()
     for t in threads:

@@ -165,6 +165,36 @@ def test_a_lease_is_stored_only_when_its_recheck_still_finds_the_item(db):
     assert queue._lease(lease) is True and Lease.objects.filter(user=me).count() == 1
 
 
+def test_next_item_with_payload_claims_and_reads_in_one_go(db):
+    """next_item(with_payload=True) hands over the item with its payload, newest prediction and the
+    reader's own answer, whether it claims the item (on PostgreSQL in the lease's statement) or resumes
+    a lease; a claim whose re-check fails stores no lease and reads nothing."""
+    from annotation.answers import latest_prediction, own_answers
+
+    project = make_project(answers_per_item=1)
+    me, other = add_member(project, Role.ANNOTATOR), add_member(project, Role.ANNOTATOR)
+    first, second = make_items(project, count=2)
+    draft = Answer.objects.create(item=first, user=me, status=Answer.Status.DRAFT,
+                                  data={"steps": [{"step": 0, "verdict": "agree"}], "notes": "later"})
+    claimed = queue.next_item(project, me, with_payload=True, answer_of=me)
+    assert claimed.pk == first.pk and claimed.payload.data == first.payload.data
+    assert latest_prediction(claimed).pk == latest_prediction(Item.objects.get(pk=first.pk)).pk
+    assert [a.pk for a in own_answers(claimed, me)] == [draft.pk]
+    assert claimed.claimed_lease.expires_at == Lease.objects.get(item=first, user=me).expires_at
+    resumed = queue.next_item(project, me, with_payload=True)  # the held lease again, read the same way
+    assert resumed.pk == first.pk and resumed.payload.data == first.payload.data
+    # the re-check after the row lock: the only place on `second` went to `other` meanwhile
+    now = timezone.now()
+    Lease.objects.create(item=second, user=other, expires_at=now + timedelta(minutes=5))
+    lease = Lease(item=second, user=me, created_at=now, expires_at=now + timedelta(minutes=5))
+    recheck = queue._claimable_sql(project, me, now, pk=second.pk, select="exists")
+    if connection.vendor == "postgresql":
+        assert queue._lease_and_read(lease, recheck, me) is None
+    else:
+        assert queue._lease(lease, recheck=recheck) is False
+    assert not Lease.objects.filter(item=second, user=me).exists()
+
+
 def test_the_review_loop_runs_prepared_on_postgresql(db):
     """On PostgreSQL (DATABASE_PREPARED_STATEMENTS, on by default) the loop's statements are prepared on
     the connection once they ran a few times, and give the same results prepared as before; all but the

@@ -29,7 +29,6 @@ from .. import exporting, importing, queue, training
 from ..answers import (
     AnswerError,
     adjudicate,
-    attach_payload,
     latest_prediction,
     live_item,
     own_answers,
@@ -511,14 +510,14 @@ class NextItemView(ApiView):
 def claim_next(view: ApiView, user) -> Item | None:
     """Claim the user's next item in the view's project, ready for ItemDetailSerializer; None when
     nothing is left for them."""
-    item = queue.next_item(view.project, user)
+    # The claim reads the item with its payload and prediction, and the caller's own answer (a draft, if
+    # any) unless they see every answer
+    item = queue.next_item(view.project, user, with_payload=True,
+                           answer_of=None if REVIEW in view.project_caps else user)
     if item is None:
         return None
-    # The claim returned the item's row and the lease: only the payload and the prediction are left to
-    # read. A claimable item is open, and an open item has no final label (resolve_final): none is read.
     item.project = view.project
-    # The caller's own answer (a draft, if any) comes with the payload, unless they see every answer
-    attach_payload(item, answer_of=None if REVIEW in view.project_caps else user)
+    # A claimable item is open, and an open item has no final label (resolve_final): none is read.
     if item.state == Item.State.OPEN:
         item.api_final = None
     return item_detail(item, user, view.project_caps, view.project, lease=item.claimed_lease)
