@@ -2,6 +2,10 @@
 
 Queue, list and count queries touch only Item (thin rows); the payload sits in
 ItemPayload so a 200-step trajectory never slows the queue.
+
+A foreign key that leads an index or unique constraint of its model has no index of its own
+(db_index=False): the longer index serves its lookups and cascades, and each index more costs every
+insert (an answer, a lease, an audit event per submit) and the planning of every query on the table.
 """
 
 from django.conf import settings
@@ -68,7 +72,7 @@ class Project(models.Model):
 
 
 class Membership(models.Model):
-    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="memberships")
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="memberships", db_index=False)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
     role = models.CharField(max_length=20, choices=Role.choices, default=Role.ANNOTATOR)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -130,14 +134,14 @@ class Item(models.Model):
         DONE = "done"  # has its answers, final label not settled (disagreement)
         FINAL = "final"  # final label settled
 
-    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="items")
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="items", db_index=False)
     external_id = models.CharField(max_length=255, blank=True)
     seq = models.BigIntegerField(help_text="Import order within the project.")
     state = models.CharField(max_length=10, choices=State.choices, default=State.OPEN)
     priority = models.FloatField(default=0.0, help_text="Higher comes first in the queue.")
     answer_count = models.PositiveSmallIntegerField(default=0)
     step_count = models.PositiveIntegerField(default=0)
-    import_job = models.ForeignKey(ImportJob, null=True, blank=True, on_delete=models.SET_NULL)
+    import_job = models.ForeignKey(ImportJob, null=True, blank=True, on_delete=models.SET_NULL, db_index=False)
     created_at = models.DateTimeField(default=timezone.now)
 
     objects = ItemQuerySet.as_manager()
@@ -160,7 +164,7 @@ class ItemPayload(models.Model):
 
 
 class Prediction(models.Model):
-    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="predictions")
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="predictions", db_index=False)
     model_version = models.CharField(max_length=100)
     data = models.JSONField()
     uncertainty = models.FloatField(default=0.0, help_text="0 = certain, 1 = a coin flip.")
@@ -172,7 +176,7 @@ class Prediction(models.Model):
 
 
 class Lease(models.Model):
-    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="leases")
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="leases", db_index=False)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="leases")
     created_at = models.DateTimeField(default=timezone.now)
     expires_at = models.DateTimeField()
@@ -185,7 +189,7 @@ class Lease(models.Model):
 class Skip(models.Model):
     """A reviewer passed on an item: it comes back to them only when nothing else is left."""
 
-    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="skips")
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="skips", db_index=False)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="skips")
     at = models.DateTimeField(default=timezone.now)
 
@@ -199,8 +203,8 @@ class Answer(models.Model):
         SUBMITTED = "submitted"
         REJECTED = "rejected"
 
-    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="answers")
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="answers")
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="answers", db_index=False)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="answers", db_index=False)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.DRAFT)
     data = models.JSONField(default=dict)
     time_spent_ms = models.PositiveIntegerField(default=0)
@@ -236,7 +240,8 @@ class Final(models.Model):
 
 
 class AuditEvent(models.Model):
-    project = models.ForeignKey(Project, null=True, blank=True, on_delete=models.CASCADE, related_name="audit")
+    project = models.ForeignKey(Project, null=True, blank=True, on_delete=models.CASCADE, related_name="audit",
+                                db_index=False)
     actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     verb = models.CharField(max_length=50)
     object_type = models.CharField(max_length=50)
