@@ -132,6 +132,7 @@ def prepare_database(steps: int, *, rebuild: bool = False, log=print) -> tuple[s
     env = server_env(db_name)
     info = None
     if database_exists(db_name) and not rebuild:
+        manage(env, "migrate", "--noinput", "-v0")  # built by an older version: today's schema
         info = _probe(env, steps)
     if info is None:
         log(f"building {db_name}: migrate, generate {steps:,} steps, manage.py import_items ...")
