@@ -60,7 +60,8 @@ def read_with_payload(where: str, params, *, answer_of=None, lock: bool = False,
     write transactions already hold the database's lock). `before`: SQL and its parameters put in
     front of the SELECT (a WITH clause that `where` may use)."""
     answer_t = rawsql.table(Answer)
-    sql = (f"{before[0] + ' ' if before[0] else ''}SELECT {rawsql.columns(Item, 'i')}, p.{rawsql.qn(_PAYLOAD.column)}, {rawsql.columns(Prediction, 'pr')}"
+    sql = (f"{before[0] + ' ' if before[0] else ''}"
+           f"SELECT {rawsql.columns(Item, 'i')}, p.{rawsql.qn(_PAYLOAD.column)}, {rawsql.columns(Prediction, 'pr')}"
            f"{', ' + rawsql.columns(Answer, 'a') if answer_of else ''}"
            f" FROM {rawsql.table(Item)} i JOIN {rawsql.table(ItemPayload)} p ON p.item_id = i.id"
            f" LEFT JOIN {rawsql.table(Prediction)} pr ON pr.id = (SELECT id FROM {rawsql.table(Prediction)}"
@@ -173,7 +174,7 @@ def _lock(item: Item) -> Item:
         locked = None
         if rawsql.row_id(item.pk) is not None:
             locked = read_with_payload("i.id = %s AND i.project_id = %s AND i.state <> %s",
-                                        [item.pk, item.project_id, Item.State.STAGED.value], lock=True)
+                                       [item.pk, item.project_id, Item.State.STAGED.value], lock=True)
     if locked is None:
         raise AnswerError("No such item in this project.", status=404)
     locked.project = item.project  # resolve_final reads both: no second query for either
@@ -299,9 +300,9 @@ def _store_submitted(answer: Answer, event: AuditEvent, *, drop_lease: bool, ite
     pk = rawsql.qn(Answer._meta.pk.column)
     event_sql, event_params = rawsql.insert_statement(event, computed={"object_id": f"answer.{pk}::text"},
                                                       source="answer")
-    object_id = rawsql.qn(AuditEvent._meta.get_field("object_id").column)
+    object_column = rawsql.qn(AuditEvent._meta.get_field("object_id").column)
     with connection.cursor() as cursor:  # the event's INSERT returns its id, and the answer's with it
-        cursor.execute(f"WITH {', '.join(parts)} {event_sql}, {object_id}", [*params, *event_params])
+        cursor.execute(f"WITH {', '.join(parts)} {event_sql}, {object_column}", [*params, *event_params])
         event.pk, object_id = cursor.fetchone()
     answer.pk, event.object_id = int(object_id), object_id
     rawsql.saved(answer)

@@ -204,7 +204,8 @@ class Answer(models.Model):
         REJECTED = "rejected"
 
     item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="answers", db_index=False)
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="answers", db_index=False)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="answers",
+                             db_index=False)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.DRAFT)
     data = models.JSONField(default=dict)
     time_spent_ms = models.PositiveIntegerField(default=0)

@@ -55,7 +55,8 @@ def run_workers(project, users_per_thread, *, rounds_limit=200):
         finally:
             connections.close_all()
 
-    threads = [threading.Thread(target=work, args=(u, i % 2 == 1), name=f"worker-{i}") for i, u in enumerate(users_per_thread)]
+    threads = [threading.Thread(target=work, args=(u, i % 2 == 1), name=f"worker-{i}")
+               for i, u in enumerate(users_per_thread)]
     for t in threads:
         t.start()
     for t in threads:
