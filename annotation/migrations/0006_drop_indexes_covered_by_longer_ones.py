@@ -7,35 +7,31 @@ from django.conf import settings
 from django.db import migrations, models
 import django.db.models.deletion
 
-# (model, field, the index Django made for the field, what the field is declared as now)
+CASCADE, SET_NULL = django.db.models.deletion.CASCADE, django.db.models.deletion.SET_NULL
+
+
+def key(to, on_delete, **options):
+    """The field as declared now: its own index gone."""
+    return lambda: models.ForeignKey(to=to, on_delete=on_delete, db_index=False, **options)
+
+
+# (model, field, the index Django made for the field, the field as declared now)
 FIELDS = [
-    ("answer", "item", "annotation_answer_item_id_3d77123a",
-     lambda: models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE,
-                               related_name="answers", to="annotation.item")),
+    ("answer", "item", "annotation_answer_item_id_3d77123a", key("annotation.item", CASCADE, related_name="answers")),
     ("answer", "user", "annotation_answer_user_id_d86f706a",
-     lambda: models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE,
-                               related_name="answers", to=settings.AUTH_USER_MODEL)),
+     key(settings.AUTH_USER_MODEL, CASCADE, related_name="answers")),
     ("auditevent", "project", "annotation_auditevent_project_id_ac66ac08",
-     lambda: models.ForeignKey(blank=True, db_index=False, null=True, on_delete=django.db.models.deletion.CASCADE,
-                               related_name="audit", to="annotation.project")),
+     key("annotation.project", CASCADE, related_name="audit", null=True, blank=True)),
     ("item", "import_job", "annotation_item_import_job_id_40292ebe",
-     lambda: models.ForeignKey(blank=True, db_index=False, null=True, on_delete=django.db.models.deletion.SET_NULL,
-                               to="annotation.importjob")),
+     key("annotation.importjob", SET_NULL, null=True, blank=True)),
     ("item", "project", "annotation_item_project_id_2466b61c",
-     lambda: models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE,
-                               related_name="items", to="annotation.project")),
-    ("lease", "item", "annotation_lease_item_id_2aa4ee97",
-     lambda: models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE,
-                               related_name="leases", to="annotation.item")),
+     key("annotation.project", CASCADE, related_name="items")),
+    ("lease", "item", "annotation_lease_item_id_2aa4ee97", key("annotation.item", CASCADE, related_name="leases")),
     ("membership", "project", "annotation_membership_project_id_eb697c46",
-     lambda: models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE,
-                               related_name="memberships", to="annotation.project")),
+     key("annotation.project", CASCADE, related_name="memberships")),
     ("prediction", "item", "annotation_prediction_item_id_7d2a4351",
-     lambda: models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE,
-                               related_name="predictions", to="annotation.item")),
-    ("skip", "item", "annotation_skip_item_id_40cd3982",
-     lambda: models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE,
-                               related_name="skips", to="annotation.item")),
+     key("annotation.item", CASCADE, related_name="predictions")),
+    ("skip", "item", "annotation_skip_item_id_40cd3982", key("annotation.item", CASCADE, related_name="skips")),
 ]
 
 
