@@ -5,8 +5,8 @@ import json
 import re
 
 import pytest
-from django.db import connection
 from django.core.management import call_command
+from django.db import connection
 from django.urls import URLPattern, URLResolver
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
