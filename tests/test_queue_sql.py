@@ -195,6 +195,35 @@ def test_next_item_with_payload_claims_and_reads_in_one_go(db):
     assert not Lease.objects.filter(item=second, user=me).exists()
 
 
+def test_a_submit_writes_the_answer_lease_count_and_event_together(db):
+    """submit() stores the answer (new, or the reviewer's draft), drops their lease, counts the answer
+    on the item and records the audit event naming the answer: on PostgreSQL in one statement
+    (answers._store_submitted), elsewhere one by one; the same rows either way."""
+    from annotation.answers import submit
+    from annotation.models import AuditEvent
+
+    from .factories import full_answer
+
+    project = make_project(answers_per_item=3)
+    me, other = add_member(project, Role.ANNOTATOR), add_member(project, Role.ANNOTATOR)
+    fresh, drafted = make_items(project, count=2)
+    Answer.objects.create(item=drafted, user=other, status=Answer.Status.DRAFT, data={"steps": [], "notes": ""})
+    for item in (fresh, drafted):
+        who = me if item is fresh else other
+        Lease.objects.create(item=item, user=who, expires_at=timezone.now() + timedelta(minutes=5))
+        result = submit(Item(pk=item.pk, project=project), who, full_answer(item), time_spent_ms=1234)
+        stored = Answer.objects.get(item=item, user=who)
+        assert result.created and result.answer.pk == stored.pk and not result.answer._state.adding
+        assert stored.status == Answer.Status.SUBMITTED and len(stored.data["steps"]) == item.step_count
+        assert stored.submitted_at is not None and stored.time_spent_ms == 1234
+        assert not Lease.objects.filter(item=item, user=who).exists()
+        assert Item.objects.get(pk=item.pk).answer_count == 1
+        event = AuditEvent.objects.get(verb="answer.submitted", object_id=str(stored.pk))
+        assert (event.actor, event.project_id, event.object_type, event.after) == (who, project.pk, "answer",
+                                                                                 stored.data)
+    assert Answer.objects.count() == 2 and AuditEvent.objects.filter(verb="answer.submitted").count() == 2
+
+
 def test_the_review_loop_runs_prepared_on_postgresql(db):
     """On PostgreSQL (DATABASE_PREPARED_STATEMENTS, on by default) the loop's statements are prepared on
     the connection once they ran a few times, and give the same results prepared as before; all but the
