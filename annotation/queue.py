@@ -87,15 +87,17 @@ def next_item(project: Project, user, *, with_payload: bool = False, answer_of=N
         Lease.objects.filter(pk=lease.pk).update(expires_at=lease.expires_at)
         item = lease.item
         if with_payload:
-            _attach_payload(item, answer_of)
+            _answers().attach_payload(item, answer_of=answer_of)
         item.claimed_lease = lease  # the caller's lease as stored now (no query to read it back)
         return item
 
 
-def _attach_payload(item: Item, answer_of) -> None:
-    from .answers import attach_payload  # the answers module builds on this one
+def _answers():
+    """annotation.answers, which reads items with their payload; imported late, since it builds on this
+    module."""
+    from . import answers
 
-    attach_payload(item, answer_of=answer_of)
+    return answers
 
 
 def _claimable_sql(project: Project, user, now, *, skipped: bool | None = None, exclude=(), pk=None,
@@ -180,7 +182,7 @@ def claim(project: Project, user, *, exclude=(), now=None, with_payload=False, a
                     break
             elif _lease(lease, recheck=recheck):
                 if with_payload:
-                    _attach_payload(item, answer_of)
+                    _answers().attach_payload(item, answer_of=answer_of)
                 break
             passed.append(item.pk)
     item.claimed_lease = lease  # the lease as stored (no query to read it back)
@@ -217,10 +219,8 @@ def _lease_and_read(lease: Lease, recheck: tuple[str, list] | None, answer_of) -
     """_lease(), then the item read with its payload as next_item(with_payload=True) gives it, in one
     statement (PostgreSQL: the upsert as a data-modifying WITH query); None when the recheck failed
     and nothing was stored."""
-    from .answers import read_with_payload  # the answers module builds on this one
-
     sql, params = _lease_sql(lease, recheck)
-    return read_with_payload("i.id IN (SELECT item_id FROM lease)", [], answer_of=answer_of,
+    return _answers().read_with_payload("i.id IN (SELECT item_id FROM lease)", [], answer_of=answer_of,
                              before=(f"WITH lease AS ({sql} RETURNING item_id)", params))
 
 
