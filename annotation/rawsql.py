@@ -155,12 +155,12 @@ def insert_statement(obj, *, computed: dict | None = None, source: str = "") -> 
 def insert(obj) -> None:
     """INSERT a new instance (insert_statement) and set its id. Sends no save signals: use it only for
     models nothing listens to (the answer and its audit event on the submit path)."""
-    sql, values = insert_statement(obj)
+    auto_field = type(obj)._meta.auto_field
     with connection.cursor() as cursor:
-        cursor.execute(sql, values)
-        if type(obj)._meta.auto_field is not None:
+        cursor.execute(*insert_statement(obj))
+        if auto_field is not None:
             pk = cursor.fetchone()[0] if connection.features.can_return_columns_from_insert else cursor.lastrowid
-            setattr(obj, type(obj)._meta.auto_field.attname, pk)
+            setattr(obj, auto_field.attname, pk)
     saved(obj)
 
 
