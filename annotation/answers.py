@@ -251,7 +251,7 @@ def submit(item: Item, user, data: dict, time_spent_ms=0) -> SubmitResult:
         event = AuditEvent.of(actor=user, verb="answer.submitted", obj=answer, project=project, after=cleaned)
         locked.answer_count += 1
         # Usually the item stays open: its new count is all resolve_final would write, and it goes with the rest
-        count_too = locked.state == Item.State.OPEN and locked.answer_count < project.answers_per_item
+        count_too = _stays_open(locked)
         _store_submitted(answer, event, drop_lease=lease_began is not None,
                          item=locked, item_fields=["answer_count"] if count_too else [])
         resolve_final(locked, changed=[] if count_too else ["answer_count"])
@@ -309,6 +309,12 @@ def _store_submitted(answer: Answer, event: AuditEvent, *, drop_lease: bool, ite
     rawsql.saved(event)
 
 
+def _stays_open(item: Item) -> bool:
+    """An open item still short of its N answers: resolve_final keeps it open and writes nothing but the
+    fields its caller changed."""
+    return item.state == Item.State.OPEN and item.answer_count < item.project.answers_per_item
+
+
 def resolve_final(item: Item, *, changed: list[str] | None = None) -> Final | None:
     """Apply the final-label rule to a locked item and set its state. Call inside a transaction.
     `changed`: other fields of the item the caller changed, saved in the same UPDATE as the state."""
@@ -327,10 +333,10 @@ def resolve_final(item: Item, *, changed: list[str] | None = None) -> Final | No
     # An open item has no final label: one is written only together with the state final (here and in
     # adjudicate) and deleted whenever the state goes back to open. The common submit needs no read.
     no_final = item.state == Item.State.OPEN
+    if _stays_open(item):
+        save()
+        return None
     if item.answer_count < project.answers_per_item:
-        if no_final:
-            save()
-            return None
         # One read in the common case (no final label at all); a delete only when there is one to drop.
         methods = set(Final.objects.filter(item=item).values_list("method", flat=True))
         if methods - {Final.Method.ADJUDICATED}:
