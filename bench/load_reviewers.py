@@ -30,7 +30,9 @@ Each simulated reviewer is its own annotator with its own API token and one keep
 Latencies are per request, measured by the client from sending the request to the end of the
 response; `cycle` is next + submit of one answer. The first --warmup seconds of each level are not
 counted. Errors are every non-2xx answer, connection failure or timeout, grouped by kind; a 204 from
-next/ (nothing left) ends that reviewer and is reported as "drained".
+next/ (nothing left) ends that reviewer and is reported as "drained"; the first one ends the level's
+measured window, since fewer than C reviewers work from then on (a small project runs out within a level
+on a fast machine: 10,000 steps hold 2,976 answers at N = 3).
 
 By default the loop is closed: each reviewer sends its next request as soon as the last one is answered,
 so the load follows the server's speed. With --rate R it is open ("paced", as wrk2 does it): the level
@@ -101,17 +103,37 @@ async def call(conn: R.Connection, what: str, path: str, stats: dict, body: byte
         return None
 
 
-def record(stats: dict, t_start: float, t_end: float, counted: bool, t_next: float, next_s: float,
+def record(stats: dict, t_start: float, counted: bool, t_next: float, next_s: float,
            submit_s: float, cycle_s: float, t_done: float):
     """One answer: the next item arrived at t_next, next_s after the cycle's origin; the submit took
     submit_s; the whole cycle cycle_s, ending at t_done."""
     stats["answers_all"] += 1
-    if counted and t_done <= t_end:
-        stats["timeline"].append((t_next - t_start, next_s))  # when next answered, and its latency
-        stats["next"].append(next_s)
-        stats["submit"].append(submit_s)
-        stats["cycle"].append(cycle_s)
-        stats["answers"] += 1
+    if counted:
+        stats["records"].append((t_done, t_next - t_start, next_s, submit_s, cycle_s))
+
+
+def drained(stats: dict):
+    """A reviewer found nothing left: from now on fewer than C reviewers work, so the level's measured
+    window ends here (a small project runs out within a level on a fast machine)."""
+    stats["drained"] += 1
+    stats["drained_at"] = min(stats["drained_at"], time.perf_counter())
+
+
+def close_window(stats: dict, t_start: float, t_end: float, paced: bool):
+    """Keep the answers of the measured window, from t_start to t_end or to the moment the first reviewer
+    found the queue empty, whichever came first. Closed loop: the answers completed in it. Paced: the
+    cycles due in it, also those that completed after its end (a late one is the tail, and a level that
+    keeps up completes every cycle it offered)."""
+    window_end = min(t_end, stats["drained_at"])
+    stats["seconds"] = max(0.0, window_end - t_start)
+    cutoff = stats["drained_at"] if paced else window_end
+    for t_done, at, next_s, submit_s, cycle_s in stats.pop("records"):
+        if t_done <= cutoff:
+            stats["timeline"].append((at, next_s))  # when next answered, and its latency
+            stats["next"].append(next_s)
+            stats["submit"].append(submit_s)
+            stats["cycle"].append(cycle_s)
+            stats["answers"] += 1
 
 
 DRAINED = object()  # next/ answered 204: nothing left for this reviewer
@@ -126,7 +148,7 @@ async def take_next(conn: R.Connection, project_id: int, stats: dict):
         await asyncio.sleep(0.05)
         return None
     if got[0] == 204:
-        stats["drained"] += 1
+        drained(stats)
         return DRAINED
     if got[0] != 200:
         stats["errors"][R.error_kind("next", *got)] += 1
@@ -153,7 +175,7 @@ async def reviewer(conn: R.Connection, project_id: int, t_start: float, t_end: f
         if got[0] != 201:
             stats["errors"][R.error_kind("submit", *got)] += 1
             continue
-        record(stats, t_start, t_end, counted, t1, t1 - origin, t3 - t2, (t1 - origin) + (t3 - t2), t3)
+        record(stats, t_start, counted, t1, t1 - origin, t3 - t2, (t1 - origin) + (t3 - t2), t3)
 
 
 async def reviewer_one_call(conn: R.Connection, project_id: int, t_start: float, t_end: float, stats: dict,
@@ -178,10 +200,10 @@ async def reviewer_one_call(conn: R.Connection, project_id: int, t_start: float,
                 stats["errors"][R.error_kind("submit", *got)] += 1
             item = None
             continue
-        record(stats, t_start, t_end, counted, t3, t3 - origin, t3 - t2, t3 - origin, t3)
+        record(stats, t_start, counted, t3, t3 - origin, t3 - t2, t3 - origin, t3)
         item = json.loads(got[1])["next_item"]
         if item is None:
-            stats["drained"] += 1
+            drained(stats)
             return
 
 
@@ -201,7 +223,7 @@ async def run_level(port: int, project_id: int, tokens: list[str], duration: flo
                     rate: float | None = None, one_call: bool = False) -> dict:
     conns = [R.Connection("127.0.0.1", port, t) for t in tokens]
     stats = {"next": [], "submit": [], "cycle": [], "errors": Counter(), "answers": 0, "answers_all": 0, "drained": 0,
-             "lag": [], "timeline": [], "stolen": {}}
+             "drained_at": float("inf"), "records": [], "lag": [], "timeline": [], "stolen": {}}
     now = time.perf_counter()
     t_start, t_end = now + warmup, now + warmup + duration
     # paced: reviewer i starts at i/R and then every C/R seconds, so together they offer R answers/s
@@ -213,10 +235,19 @@ async def run_level(port: int, project_id: int, tokens: list[str], duration: flo
     sampler.cancel()
     for c in conns:
         await c.close()
-    stats["seconds"] = duration
+    close_window(stats, t_start, t_end, paced=bool(rate))
     stats["rate"] = rate
     stats["connects"] = sum(c.connects for c in conns)
     return stats
+
+
+def per_second(s: dict) -> float:
+    """Answers per second over the measured window (0 when the queue ran out during the warm-up)."""
+    return s["answers"] / s["seconds"] if s["seconds"] else 0.0
+
+
+def ran_out(s: dict) -> str:
+    return f"drained {s['drained']} (first after {s['seconds']:.1f} s)  " if s["drained"] else ""
 
 
 def timeline(s: dict) -> list[list]:
@@ -243,7 +274,7 @@ def row(c: int, s: dict) -> str:
     c50, c95, c99 = R.pcts(s["cycle"])
     errs = sum(s["errors"].values())
     paced = f"{s['rate']:g} | " if s["rate"] else ""
-    return (f"| {c:>3} | {s['answers']:>6,} | {s['answers'] / s['seconds']:>7.1f} | {paced}"
+    return (f"| {c:>3} | {s['answers']:>6,} | {per_second(s):>7.1f} | {paced}"
             f"{R.ms(n50)} / {R.ms(n95)} / {R.ms(n99)} | {R.ms(s50)} / {R.ms(s95)} / {R.ms(s99)} | "
             f"{R.ms(c50)} / {R.ms(c95)} / {R.ms(c99)} | {errs} | {s['server_cpu']:.0f}% | "
             f"{s['machine_cpu']:.0f}% / {s['stolen_cpu']:.0f}% | "
@@ -323,9 +354,9 @@ def main():
             # paced: the rate offered, and how late the reviewers sent (p95) behind their schedule
             paced = (f" of {args.rate:g} paced (sent late p95 {R.ms(R.pcts(s['lag'])[1])} ms)"
                      if args.rate else "")
-            print(f"  C={c:<3} {s['answers'] / s['seconds']:6.1f}{paced} answers/s  next p50 {R.ms(n50)} ms "
+            print(f"  C={c:<3} {per_second(s):6.1f}{paced} answers/s  next p50 {R.ms(n50)} ms "
                   f"p95 {R.ms(n95)} ms  errors {sum(s['errors'].values())}  "
-                  f"{'drained ' + str(s['drained']) + '  ' if s['drained'] else ''}load {s['load']}", flush=True)
+                  f"{ran_out(s)}load {s['load']}", flush=True)
             if server.proc.poll() is not None:
                 raise SystemExit(f"the server died; see {server.log_path}")
     finally:
@@ -357,10 +388,13 @@ def main():
     for c, s in results:
         if s["errors"] or s["drained"]:
             print(f"C={c}: errors {dict(s['errors'])}; drained reviewers {s['drained']}")
+        if s["drained"]:
+            print(f"C={c}: the queue ran out {s['seconds']:.1f} s into the level's {args.duration:g} s; rates and "
+                  f"latencies are measured up to then (a larger --steps measures the whole level)")
     target = next((s for c, s in results if c == 16), None)
     if target is not None:
         n95 = R.pcts(target["next"])[1]
-        rate = target["answers"] / target["seconds"]
+        rate = per_second(target)
         paced = f" paced at {args.rate:g} answers/s" if args.rate else ""
         print(f"target at 16 reviewers{paced} (next p95 < 50 ms, >= 100 answers/s): next p95 {R.ms(n95)} ms "
               f"{'met' if n95 < 0.05 else 'missed'}, {rate:.1f} answers/s {'met' if rate >= 100 else 'missed'}")
@@ -371,7 +405,7 @@ def main():
         for c, s in results:
             out["levels"].append({
                 "reviewers": c, "rate": s["rate"], "answers": s["answers"],
-                "answers_per_s": s["answers"] / s["seconds"],
+                "answers_per_s": per_second(s), "seconds": s["seconds"],
                 "next_ms": [x * 1000 for x in R.pcts(s["next"])], "submit_ms": [x * 1000 for x in R.pcts(s["submit"])],
                 "cycle_ms": [x * 1000 for x in R.pcts(s["cycle"])], "errors": dict(s["errors"]),
                 "drained": s["drained"], "server_cpu": s["server_cpu"], "machine_cpu": s["machine_cpu"],
