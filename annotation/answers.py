@@ -14,7 +14,7 @@ from django.utils import timezone
 from . import live, queue, rawsql, training
 from .agreement import resolve_unit
 from .kinds.base import ImportLineError
-from .models import Answer, AuditEvent, Final, Item, ItemPayload, Lease, Prediction
+from .models import Answer, AuditEvent, Final, Item, ItemPayload, Lease, Prediction, queue_moved
 
 MAX_TIME_SPENT_MS = 24 * 3600 * 1000
 
@@ -315,18 +315,23 @@ def _stays_open(item: Item) -> bool:
     return item.state == Item.State.OPEN and item.answer_count < item.project.answers_per_item
 
 
-def resolve_final(item: Item, *, changed: list[str] | None = None) -> Final | None:
+def resolve_final(item: Item, *, changed: list[str] | None = None, moves_queue: bool = True) -> Final | None:
     """Apply the final-label rule to a locked item and set its state. Call inside a transaction.
-    `changed`: other fields of the item the caller changed, saved in the same UPDATE as the state."""
+    `changed`: other fields of the item the caller changed, saved in the same UPDATE as the state.
+    An item that opens again may lie ahead of reviewers' places in the queue: it moves the queue's
+    epoch, unless `moves_queue` is False (the caller then does so once, after its last item lock)."""
     project = item.project
     fields = list(changed or [])
 
     def save(state=None):
+        reopened = state == Item.State.OPEN and item.state != state
         if state is not None and item.state != state:
             item.state = state
             fields.append("state")
         if fields:
             rawsql.update(item, fields)
+        if reopened and moves_queue:
+            queue_moved([item.project_id])
 
     if project.retrain_every > 0:  # 0: automatic training is off, nothing to check after commit
         training.labels_changed(project.pk)  # after commit: queue a training run when enough new labels came in
@@ -384,11 +389,17 @@ def reresolve_project(project) -> int:
         Q(state=Item.State.OPEN, answer_count__gte=n)
         | Q(state__in=[Item.State.DONE, Item.State.FINAL], answer_count__lt=n)
     )
-    count = 0
+    count, reopened = 0, False
     for pk in affected.values_list("pk", flat=True).iterator(chunk_size=2000):
         with transaction.atomic():
-            resolve_final(Item.objects.select_for_update().select_related("project").get(pk=pk))
+            item = Item.objects.select_for_update().select_related("project").get(pk=pk)
+            was_open = item.state == Item.State.OPEN
+            # the queue's epoch once, at the end: the caller may hold every item's row until it commits
+            resolve_final(item, moves_queue=False)
+            reopened |= not was_open and item.state == Item.State.OPEN
         count += 1
+    if reopened:
+        queue_moved([project.pk])
     if count:
         live.project_changed(project.pk)
     return count

@@ -8,12 +8,35 @@ A foreign key that leads an index or unique constraint of its model has no index
 insert (an answer, a lease, an audit event per submit) and the planning of every query on the table.
 """
 
+import secrets
+
 from django.conf import settings
-from django.db import models
+from django.db import connection, models
 from django.db.models import Q
 from django.utils import timezone
 
 from . import rawsql
+
+
+def queue_moved(project_ids) -> None:
+    """Items of these projects may now lie ahead of where a reviewer's last claim found their place: an
+    item opened (new, imported, reopened) or its priority changed. The queue then looks for each
+    reviewer's place from the top again (annotation/queue.py).
+
+    Call it in the transaction of the change, after its last item lock: it locks the project's
+    QueueEpoch row until commit, and taking that row only after item rows, in every transaction,
+    keeps two of them from waiting on each other."""
+    table = rawsql.table(QueueEpoch)
+    with connection.cursor() as cursor:
+        for pk in sorted({pk for pk in project_ids if pk is not None}):
+            # a new project's epoch starts at a random value: a place remembered for a deleted project
+            # never applies to a new one that got its id (SQLite reuses ids)
+            cursor.execute(f"INSERT INTO {table} (project_id, value) VALUES (%s, %s) ON CONFLICT (project_id)"
+                           f" DO UPDATE SET value = {table}.value + 1", [pk, secrets.randbits(62)])
+
+
+def _moves_queue(fields) -> bool:
+    return fields is None or "priority" in fields or "state" in fields
 
 
 class Role(models.TextChoices):
@@ -122,9 +145,33 @@ class ImportJob(models.Model):
 
 
 class ItemQuerySet(models.QuerySet):
+    """Every write through the ORM that can open an item or change its priority tells the queue
+    (queue_moved); the hand-written SQL of the review loop does so itself (annotation/answers.py)."""
+
     def live(self):
         """Items that finished importing (staged rows of a running import are invisible)."""
         return self.exclude(state=Item.State.STAGED)
+
+    def update(self, **kwargs):
+        if not _moves_queue(kwargs) or kwargs.get("state", Item.State.OPEN) in _CLOSED_STATES:
+            return super().update(**kwargs)
+        projects = set(self.order_by().values_list("project_id", flat=True).distinct())
+        updated = super().update(**kwargs)
+        if updated:
+            queue_moved(projects)
+        return updated
+
+    def bulk_update(self, objs, fields, batch_size=None):
+        objs = list(objs)
+        updated = super().bulk_update(objs, fields, batch_size=batch_size)
+        if _moves_queue(fields):
+            queue_moved(obj.project_id for obj in objs)
+        return updated
+
+    def bulk_create(self, objs, *args, **kwargs):
+        created = super().bulk_create(objs, *args, **kwargs)
+        queue_moved(obj.project_id for obj in created if obj.state == Item.State.OPEN)
+        return created
 
 
 class Item(models.Model):
@@ -156,6 +203,26 @@ class Item(models.Model):
 
     def __str__(self):
         return self.external_id or f"item {self.pk}"
+
+    def save(self, *args, **kwargs):
+        fields = kwargs.get("update_fields")
+        moved = self.state == Item.State.OPEN and (self._state.adding or _moves_queue(fields))
+        super().save(*args, **kwargs)
+        if moved:
+            queue_moved([self.project_id])
+
+
+_CLOSED_STATES = (Item.State.STAGED, Item.State.DONE, Item.State.FINAL)
+
+
+class QueueEpoch(models.Model):
+    """A number that changes whenever an item of the project may have moved ahead of a reviewer's place
+    in the queue (queue_moved). Its own table, not a column of Project: a project's settings form holds
+    the project row while it settles items (reresolve_project), and a transaction that reopens an item
+    holds that item's row when it moves the epoch."""
+
+    project = models.OneToOneField(Project, primary_key=True, on_delete=models.CASCADE, related_name="+")
+    value = models.BigIntegerField()
 
 
 class ItemPayload(models.Model):

@@ -7,6 +7,14 @@ Rules (project setting N = answers_per_item):
 - ties go by import order (seq); items the reviewer skipped come back to them only when
   nothing else is left.
 
+Where a claim starts: the candidate walk goes down the open items in queue order and passes every one
+the reviewer already answered. With N > 1 those wait, ahead of the reviewer, for the others' answers,
+so a reviewer ahead of the rest would pass thousands. Each claim therefore also finds the reviewer's
+place (the first open item they have not answered) and this process remembers it; the next claim
+starts there. A place holds until an item opens or changes priority in the project (QueueEpoch, moved
+by every such write: annotation.models.queue_moved), and for PLACE_TTL_S at most, after which it is
+found again from the top.
+
 Concurrency: the candidate row is locked with SELECT ... FOR UPDATE SKIP LOCKED on
 PostgreSQL and, once locked, counted again by a fresh query (claim()), so concurrent
 claimers never take the same slot; submits lock the item
@@ -14,6 +22,7 @@ row and check the count again (annotation/answers.py). On SQLite every write
 transaction is IMMEDIATE, which serialises claimers.
 """
 
+import time
 from datetime import timedelta
 
 from django.db import connection, transaction
@@ -22,7 +31,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from . import rawsql
-from .models import Answer, Item, Lease, Project, Skip
+from .models import Answer, Item, Lease, Project, QueueEpoch, Skip
 
 
 def lease_length(project: Project) -> timedelta:
@@ -58,7 +67,23 @@ def current_lease(project: Project, user, now=None):
     """The user's active lease on an open item of the project that they have not answered (oldest
     first), or None. Written out in SQL: next_item runs it on every call, and it usually finds
     nothing (the item is then read only when there is a lease)."""
-    now = now or timezone.now()
+    return rawsql.first(Lease, *_current_lease_sql(project, user, now or timezone.now()))
+
+
+def _current_lease_and_epoch(project: Project, user, now) -> tuple[Lease | None, int | None]:
+    """current_lease(), and the project's queue epoch as the database has it now (None while no item
+    was ever opened in it), in one statement."""
+    sql, params = _current_lease_sql(project, user, now)
+    row = rawsql.first(Lease, f"SELECT l.*, e.value FROM {rawsql.table(Project)} p"
+                              f" LEFT JOIN {rawsql.table(QueueEpoch)} e ON e.project_id = p.id"
+                              f" LEFT JOIN ({sql}) l ON 1 = 1 WHERE p.id = %s", [*params, project.pk],
+                       extra={"queue_epoch": None})
+    if row is None:  # the project is gone
+        return None, None
+    return (row if row.pk is not None else None), row.queue_epoch
+
+
+def _current_lease_sql(project: Project, user, now) -> tuple[str, list]:
     sql = (
         f"SELECT {rawsql.columns(Lease, 'l')} FROM {rawsql.table(Lease)} l"
         f" JOIN {rawsql.table(Item)} i ON i.id = l.item_id"
@@ -69,7 +94,49 @@ def current_lease(project: Project, user, now=None):
     )
     params = [project.pk, user.pk, connection.ops.adapt_datetimefield_value(now), Item.State.OPEN.value,
               user.pk, Answer.Status.DRAFT.value]
-    return rawsql.first(Lease, sql, params)
+    return sql, params
+
+
+# A reviewer's place in the queue, per (project id, user id), as this process last found it:
+# (the project's queue epoch then, when it was last found from the top and when at all (both
+# time.monotonic()), (priority, seq) of the first open item in queue order the reviewer had not
+# answered). Every write through the app that can put an item ahead of a place moves the epoch;
+# PLACE_TTL_S bounds how long a change made around the app (SQL by hand) can go unseen, and a search
+# from the top costs about 2 ms per thousand items of lead, once per reviewer and process in that
+# time. A place only falls behind as the reviewer answers, which costs the next claim a step per
+# answer; it is looked for again (finding it costs a claim about 0.1 ms of PostgreSQL's time) once
+# PLACE_REFRESH_S have passed.
+PLACE_TTL_S = 600.0
+PLACE_REFRESH_S = 1.0
+_places: dict[tuple[int, int], tuple[int, float, float, tuple[float, int]]] = {}
+
+
+def _start(project: Project, user, epoch: int | None, now_s: float) -> tuple[tuple[float, int] | None, bool]:
+    """(where this user's claim may start, None for the top; whether it should find the place)."""
+    known = _places.get((project.pk, user.pk))
+    if epoch is None:
+        return None, False
+    if known is None or known[0] != epoch or now_s - known[1] >= PLACE_TTL_S:
+        return None, True
+    return known[3], now_s - known[2] >= PLACE_REFRESH_S
+
+
+PLACE_COLUMNS = {"place_priority": None, "place_seq": None}  # the candidate row's last two columns
+
+
+def _remember_place(project: Project, user, epoch: int, start, now_s: float, place: tuple[float, int]):
+    """Keep the place a claim found. Found from a remembered place, it keeps that one's age (the
+    PLACE_TTL_S limit counts from the last search from the top)."""
+    known = _places.get((project.pk, user.pk))
+    anchored = known[1] if start is not None and known is not None else now_s
+    _places[(project.pk, user.pk)] = (epoch, anchored, now_s, (float(place[0]), int(place[1])))
+
+
+def forget_places(user_id: int) -> None:
+    """Drop what this process remembers of a user's places (the user is gone; SQLite may give a new
+    user the same id)."""
+    for key in [k for k in _places if k[1] == user_id]:
+        _places.pop(key, None)
 
 
 def next_item(project: Project, user, *, with_payload: bool = False, answer_of=None) -> Item | None:
@@ -80,9 +147,9 @@ def next_item(project: Project, user, *, with_payload: bool = False, answer_of=N
     database can (PostgreSQL)."""
     now = timezone.now()
     with transaction.atomic():
-        lease = current_lease(project, user, now)
+        lease, epoch = _current_lease_and_epoch(project, user, now)
         if lease is None:
-            return claim(project, user, now=now, with_payload=with_payload, answer_of=answer_of)
+            return claim(project, user, now=now, with_payload=with_payload, answer_of=answer_of, epoch=epoch)
         lease.expires_at = now + lease_length(project)
         Lease.objects.filter(pk=lease.pk).update(expires_at=lease.expires_at)
         item = lease.item
@@ -100,20 +167,36 @@ def _answers():
     return answers
 
 
+def _from(alias: str, priority: str, seq: str) -> str:
+    """Items at or after the place (`priority`, `seq`: SQL values) in queue order: priority descending,
+    then seq. Written so that the queue index's range starts at the place's priority."""
+    return f"{alias}.priority <= {priority} AND ({alias}.priority < {priority} OR {alias}.seq >= {seq})"
+
+
+def _not_answered(alias: str) -> str:
+    return (f"NOT EXISTS (SELECT 1 FROM {rawsql.table(Answer)} a WHERE a.item_id = {alias}.id"
+            " AND a.user_id = %s AND a.status <> %s)")
+
+
 def _claimable_sql(project: Project, user, now, *, skipped: bool | None = None, exclude=(), pk=None,
-                   lock: bool = False, select: str = "item") -> tuple[str, list]:
+                   lock: bool = False, select: str = "item", start=None, find_place: bool = False
+                   ) -> tuple[str, list]:
     """claimable() as one SQL statement with its parameters, for the claim path.
 
     The same rule as claimable(), written out because building and compiling that queryset twice
     per claim was the largest single CPU cost of taking an item. `skipped`: True only items the user
     skipped, False none of them, None either. `select`: "item" (every column, best first, LIMIT 1)
-    or "exists"."""
-    item_t, answer_t = rawsql.table(Item), rawsql.table(Answer)
-    lease_t, skip_t = rawsql.table(Lease), rawsql.table(Skip)
+    or "exists".
+
+    `start`: (priority, seq) of a place found before; the walk starts there. Every claimable item is at
+    or after the user's place (the first open item in queue order they have not answered): it is open
+    and not answered by the user. With `find_place` ("item" only) the statement first finds the place
+    (looking from `start`, else from the top), walks the candidates from there, and the row carries
+    it as two more columns (place_priority, place_seq)."""
+    item_t, lease_t, skip_t = rawsql.table(Item), rawsql.table(Lease), rawsql.table(Skip)
     at = connection.ops.adapt_datetimefield_value(now)
     where = [
-        "i.project_id = %s", "i.state = %s",
-        f"NOT EXISTS (SELECT 1 FROM {answer_t} a WHERE a.item_id = i.id AND a.user_id = %s AND a.status <> %s)",
+        "i.project_id = %s", "i.state = %s", _not_answered("i"),
         f"i.answer_count + (SELECT COUNT(*) FROM {lease_t} l WHERE l.item_id = i.id AND l.expires_at > %s"
         " AND l.user_id <> %s) < %s",
     ]
@@ -132,19 +215,46 @@ def _claimable_sql(project: Project, user, now, *, skipped: bool | None = None, 
         params.append(pk)
     if select == "exists":
         return f"SELECT 1 FROM {item_t} i WHERE {' AND '.join(where)} LIMIT 1", params
-    sql = (f"SELECT {rawsql.columns(Item, 'i')} FROM {item_t} i WHERE {' AND '.join(where)} "
-           "ORDER BY i.priority DESC, i.seq ASC LIMIT 1")
+    if not find_place:
+        if start is not None:
+            where.append(_from("i", "%s", "%s"))
+            params += [start[0], start[0], start[1]]
+        sql = (f"SELECT {rawsql.columns(Item, 'i')} FROM {item_t} i WHERE {' AND '.join(where)}"
+               " ORDER BY i.priority DESC, i.seq ASC LIMIT 1")
+        return sql + (" FOR UPDATE OF i SKIP LOCKED" if lock else ""), params
+    place_where = ["p.project_id = %s", "p.state = %s", _not_answered("p")]
+    place_params = [project.pk, Item.State.OPEN.value, user.pk, Answer.Status.DRAFT.value]
+    if start is not None:
+        place_where.append(_from("p", "%s", "%s"))
+        place_params += [start[0], start[0], start[1]]
+    place = (f"SELECT p.priority, p.seq FROM {item_t} p WHERE {' AND '.join(place_where)}"
+             " ORDER BY p.priority DESC, p.seq ASC LIMIT 1")
+    # the place's values as scalar subqueries: the place is found once (a WITH query used more than
+    # once is materialized), and the index scan starts from them (NULL when the user answered every
+    # open item: then nothing is claimable)
+    at_priority, at_seq = "(SELECT priority FROM place)", "(SELECT seq FROM place)"
+    sql = (f"WITH place AS ({place})"
+           f" SELECT {rawsql.columns(Item, 'i')}, {at_priority}, {at_seq} FROM {item_t} i"
+           f" WHERE {_from('i', at_priority, at_seq)} AND {' AND '.join(where)}"
+           " ORDER BY i.priority DESC, i.seq ASC LIMIT 1")
     if lock:
         sql += " FOR UPDATE OF i SKIP LOCKED"
-    return sql, params
+    return sql, [*place_params, *params]
 
 
-def claim(project: Project, user, *, exclude=(), now=None, with_payload=False, answer_of=None) -> Item | None:
+def claim(project: Project, user, *, exclude=(), now=None, with_payload=False, answer_of=None,
+          epoch: int | None = None) -> Item | None:
     """Lease the best claimable item outside `exclude` to `user` (no resume); None if there is none.
-    `with_payload`, `answer_of`: as for next_item."""
+    `with_payload`, `answer_of`: as for next_item. `epoch`: the project's queue epoch as read in this
+    transaction; with it the claim starts at the user's place this process remembers, if it is still
+    good, and remembers the place it finds (without it, from the top, as a fresh process would)."""
     now = now or timezone.now()
     locking = connection.features.has_select_for_update_skip_locked
     passed = list(exclude)
+    now_s = time.monotonic()
+    start, find_place = _start(project, user, epoch, now_s)
+    place_columns = PLACE_COLUMNS if find_place else None
+    place = None
     # savepoint=False: inside next_item's transaction a savepoint would cost two round trips and
     # buys nothing (any error here rolls the whole claim back).
     with transaction.atomic(savepoint=False):
@@ -152,10 +262,12 @@ def claim(project: Project, user, *, exclude=(), now=None, with_payload=False, a
             item = None
             # Items the user skipped come last: first everything else (in index order), then the skipped ones.
             for skipped in (False, True):
-                sql, params = _claimable_sql(project, user, now, skipped=skipped, exclude=passed, lock=locking)
+                sql, params = _claimable_sql(project, user, now, skipped=skipped, exclude=passed, lock=locking,
+                                             start=start, find_place=find_place)
                 with rawsql.planned_each_run():  # its plan depends on how many answers there are
-                    item = rawsql.first(Item, sql, params)
+                    item = rawsql.first(Item, sql, params, extra=place_columns)
                 if item is not None:
+                    place = _found_place(item)
                     break
             if item is None and locking and len(passed) == len(exclude):
                 # Every claimable row is locked right now: a submit or another claim holds it until
@@ -164,11 +276,13 @@ def claim(project: Project, user, *, exclude=(), now=None, with_payload=False, a
                 # while this claim holds no row lock yet (nothing passed after locking it), so two
                 # claimers never wait on each other's rows.
                 for skipped in (False, True):
-                    sql, params = _claimable_sql(project, user, now, skipped=skipped, exclude=passed)
+                    sql, params = _claimable_sql(project, user, now, skipped=skipped, exclude=passed, start=start,
+                                                 find_place=find_place)
                     with rawsql.planned_each_run():
-                        candidate = rawsql.first(Item, sql, params)
+                        candidate = rawsql.first(Item, sql, params, extra=place_columns)
                     if candidate is not None:
                         item = Item.objects.select_for_update(of=("self",)).get(pk=candidate.pk)
+                        place = _found_place(candidate)
                         break
             if item is None:
                 return None
@@ -185,8 +299,16 @@ def claim(project: Project, user, *, exclude=(), now=None, with_payload=False, a
                     _answers().attach_payload(item, answer_of=answer_of)
                 break
             passed.append(item.pk)
+    if place is not None:
+        _remember_place(project, user, epoch, start, now_s, place)
     item.claimed_lease = lease  # the lease as stored (no query to read it back)
     return item
+
+
+def _found_place(row: Item) -> tuple[float, int] | None:
+    """The place a candidate row carries (find_place), or None."""
+    place = (row.__dict__.pop("place_priority", None), row.__dict__.pop("place_seq", None))
+    return place if place[1] is not None else None
 
 
 def _lease(lease: Lease, *, recheck: tuple[str, list] | None = None) -> bool:
