@@ -106,28 +106,34 @@ def test_a_lead_is_passed_once_then_claims_start_at_the_place(db, monkeypatch):
     assert queue.next_item(project, me).pk == items[20].pk
 
 
-def test_an_item_opened_or_raised_ahead_of_the_place_is_served_first(db, tmp_path):
+def test_an_item_reopened_or_imported_ahead_of_the_place_is_served_first(db, tmp_path):
     project = make_project(answers_per_item=2)
-    me, boss = add_member(project, Role.ANNOTATOR), add_member(project, Role.REVIEWER)
-    items = make_items(project, count=6, n_steps=1)
-    for _ in range(3):
+    me, a, b = (add_member(project, Role.ANNOTATOR) for _ in range(3))
+    boss = add_member(project, Role.REVIEWER)
+    items = make_items(project, count=6, n_steps=1, with_prediction=False)  # priority 0: import order
+    for user in (a, b):  # two others answer the first item: it has its N answers and leaves the queue
+        item = queue.next_item(project, user)
+        assert item.pk == items[0].pk
+        answers.submit(item, user, full_answer(item))
+    for _ in range(3):  # my claims find my place past it
         item = queue.next_item(project, me)
         answers.submit(item, me, full_answer(item))
-    # a new import with a high priority (the kind's uncertainty of its prediction)
+    assert queue._places[(project.pk, me.pk)][3][1] > items[0].seq
+
+    # b's answer is rejected: the first item opens again, ahead of my place, and it is mine to take
+    answers.review_answer(Answer.objects.get(item=items[0], user=b), boss, accept=False)
+    assert from_the_top(project, me) == items[0].pk
+    item = queue.next_item(project, me)
+    assert item.pk == items[0].pk
+    answers.submit(item, me, full_answer(item))
+
+    # a file with a scored item: its priority (the prediction's uncertainty) puts it first
     path = tmp_path / "urgent.jsonl"
-    path.write_text(json.dumps(trajectory(1, tid="urgent")) + "\n")
-    before = epoch(project)
+    path.write_text(json.dumps(trajectory(2, tid="urgent")) + "\n")
     import_path(project, None, path)
-    assert epoch(project) != before
     urgent = Item.objects.get(project=project, external_id="urgent")
-    Item.objects.filter(pk=urgent.pk).update(priority=5.0)
+    assert urgent.priority > 0
     assert queue.next_item(project, me).pk == urgent.pk
-    answers.submit(urgent, me, full_answer(urgent))
-    # someone else's answer to an item I passed is rejected: that item is open, but I answered it
-    # myself, so it is not mine to take; one I did not answer, reopened, is
-    mine = Answer.objects.filter(user=me, item=items[0]).get()
-    answers.review_answer(mine, boss, accept=False)
-    assert queue.next_item(project, me).pk != items[0].pk
 
 
 def test_writes_that_can_put_an_item_ahead_move_the_epoch_and_others_do_not(db):
