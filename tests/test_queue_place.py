@@ -191,3 +191,19 @@ def test_a_claim_in_a_project_deleted_meanwhile_finds_nothing(db):
     make_items(project, count=2, n_steps=1)
     Project.objects.filter(pk=project.pk).delete()
     assert queue.next_item(project, me) is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_migration_gives_every_existing_project_an_epoch():
+    """Projects made before the epoch existed get one, so their reviewers' places are remembered from
+    the first claim on (without one, nothing would be until an item opened or moved)."""
+    from django.db.migrations.executor import MigrationExecutor
+
+    before = [("annotation", "0006_drop_indexes_covered_by_longer_ones")]
+    executor = MigrationExecutor(connection)
+    executor.migrate(before)
+    old = executor.loader.project_state(before).apps.get_model("annotation", "Project")
+    pk = old.objects.create(name="made before the epoch").pk
+    executor = MigrationExecutor(connection)
+    executor.migrate(executor.loader.graph.leaf_nodes())
+    assert QueueEpoch.objects.filter(project_id=pk).count() == 1
