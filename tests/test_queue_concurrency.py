@@ -168,3 +168,67 @@ def test_an_item_locked_by_a_submit_in_flight_is_waited_for_not_reported_as_none
     claimer.join(timeout=30)
     assert not errors, errors
     assert got and got[0] is not None and got[0].pk == item.pk
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_change_of_n_and_a_rejection_on_the_same_item_do_not_wait_on_each_other():
+    """The settings form holds the project's row while reresolve_project locks items; a rejection holds
+    its item's row when the reopened item moves the queue's epoch. The epoch is not on the project's
+    row, and reresolve_project moves it after its last item lock, so neither waits for the other in a
+    cycle (PostgreSQL would break one off with a deadlock error)."""
+    if not on_postgres():
+        pytest.skip("needs PostgreSQL (set DATABASE_URL)")
+    from annotation.models import Project
+
+    project = make_project(answers_per_item=2, name="Settings")
+    a, b = add_member(project, Role.ANNOTATOR), add_member(project, Role.ANNOTATOR)
+    boss = add_member(project, Role.REVIEWER)
+    (item,) = make_items(project, count=1, n_steps=2)
+    for user in (a, b):
+        assert queue.next_item(project, user).pk == item.pk
+        answers.submit(item, user, full_answer(item))
+    item.refresh_from_db()
+    assert item.state != Item.State.OPEN
+    rejection_holds_item, settings_hold_project = threading.Event(), threading.Event()
+    errors = []
+
+    def reject():
+        from django.db import transaction
+
+        try:
+            with transaction.atomic():
+                Item.objects.select_for_update().get(pk=item.pk)  # as review_answer takes it first
+                rejection_holds_item.set()
+                assert settings_hold_project.wait(timeout=30)
+                answers.review_answer(Answer.objects.get(item=item, user=b), boss, accept=False)
+        except BaseException:  # noqa: BLE001 - reported by the main thread
+            errors.append(traceback.format_exc())
+        finally:
+            connections.close_all()
+
+    def change_n():
+        from django.db import transaction
+
+        try:
+            assert rejection_holds_item.wait(timeout=30)
+            with transaction.atomic():  # as the settings form and the API do
+                settings = Project.objects.get(pk=project.pk)
+                settings.answers_per_item = 3
+                settings.save()
+                settings_hold_project.set()
+                answers.reresolve_project(settings)  # waits for the rejection's item lock
+        except BaseException:  # noqa: BLE001 - reported by the main thread
+            errors.append(traceback.format_exc())
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=reject), threading.Thread(target=change_n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads), "a thread hung"
+    assert not errors, "\n".join(errors)
+    item.refresh_from_db()
+    assert item.state == Item.State.OPEN and item.answer_count == 1
