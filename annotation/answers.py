@@ -389,18 +389,14 @@ def reresolve_project(project) -> int:
         Q(state=Item.State.OPEN, answer_count__gte=n)
         | Q(state__in=[Item.State.DONE, Item.State.FINAL], answer_count__lt=n)
     )
-    count, reopened = 0, False
+    count = 0
     for pk in affected.values_list("pk", flat=True).iterator(chunk_size=2000):
         with transaction.atomic():
-            item = Item.objects.select_for_update().select_related("project").get(pk=pk)
-            was_open = item.state == Item.State.OPEN
             # the queue's epoch once, at the end: the caller may hold every item's row until it commits
-            resolve_final(item, moves_queue=False)
-            reopened |= not was_open and item.state == Item.State.OPEN
+            resolve_final(Item.objects.select_for_update().select_related("project").get(pk=pk), moves_queue=False)
         count += 1
-    if reopened:
-        queue_moved([project.pk])
     if count:
+        queue_moved([project.pk])  # items opened or settled: reviewers' places are found again
         live.project_changed(project.pk)
     return count
 

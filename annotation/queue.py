@@ -113,9 +113,9 @@ _places: dict[tuple[int, int], tuple[int, float, float, tuple[float, int]]] = {}
 
 def _start(project: Project, user, epoch: int | None, now_s: float) -> tuple[tuple[float, int] | None, bool]:
     """(where this user's claim may start, None for the top; whether it should find the place)."""
-    known = _places.get((project.pk, user.pk))
     if epoch is None:
         return None, False
+    known = _places.get((project.pk, user.pk))
     if known is None or known[0] != epoch or now_s - known[1] >= PLACE_TTL_S:
         return None, True
     return known[3], now_s - known[2] >= PLACE_REFRESH_S
@@ -173,6 +173,11 @@ def _from(alias: str, priority: str, seq: str) -> str:
     return f"{alias}.priority <= {priority} AND ({alias}.priority < {priority} OR {alias}.seq >= {seq})"
 
 
+def _from_start(alias: str, start: tuple[float, int]) -> tuple[str, list]:
+    """_from() a place found before, with its values as parameters."""
+    return _from(alias, "%s", "%s"), [start[0], start[0], start[1]]
+
+
 def _not_answered(alias: str) -> str:
     return (f"NOT EXISTS (SELECT 1 FROM {rawsql.table(Answer)} a WHERE a.item_id = {alias}.id"
             " AND a.user_id = %s AND a.status <> %s)")
@@ -217,16 +222,18 @@ def _claimable_sql(project: Project, user, now, *, skipped: bool | None = None, 
         return f"SELECT 1 FROM {item_t} i WHERE {' AND '.join(where)} LIMIT 1", params
     if not find_place:
         if start is not None:
-            where.append(_from("i", "%s", "%s"))
-            params += [start[0], start[0], start[1]]
+            condition, values = _from_start("i", start)
+            where.append(condition)
+            params += values
         sql = (f"SELECT {rawsql.columns(Item, 'i')} FROM {item_t} i WHERE {' AND '.join(where)}"
                " ORDER BY i.priority DESC, i.seq ASC LIMIT 1")
         return sql + (" FOR UPDATE OF i SKIP LOCKED" if lock else ""), params
     place_where = ["p.project_id = %s", "p.state = %s", _not_answered("p")]
     place_params = [project.pk, Item.State.OPEN.value, user.pk, Answer.Status.DRAFT.value]
     if start is not None:
-        place_where.append(_from("p", "%s", "%s"))
-        place_params += [start[0], start[0], start[1]]
+        condition, values = _from_start("p", start)
+        place_where.append(condition)
+        place_params += values
     place = (f"SELECT p.priority, p.seq FROM {item_t} p WHERE {' AND '.join(place_where)}"
              " ORDER BY p.priority DESC, p.seq ASC LIMIT 1")
     # the place's values as scalar subqueries: the place is found once (a WITH query used more than
