@@ -220,29 +220,27 @@ def _claimable_sql(project: Project, user, now, *, skipped: bool | None = None, 
         params.append(pk)
     if select == "exists":
         return f"SELECT 1 FROM {item_t} i WHERE {' AND '.join(where)} LIMIT 1", params
-    if not find_place:
+    head, place_columns, place_params = "", "", []
+    if find_place:
+        place_where = ["p.project_id = %s", "p.state = %s", _not_answered("p")]
+        place_params = [project.pk, Item.State.OPEN.value, user.pk, Answer.Status.DRAFT.value]
         if start is not None:
-            condition, values = _from_start("i", start)
-            where.append(condition)
-            params += values
-        sql = (f"SELECT {rawsql.columns(Item, 'i')} FROM {item_t} i WHERE {' AND '.join(where)}"
-               " ORDER BY i.priority DESC, i.seq ASC LIMIT 1")
-        return sql + (" FOR UPDATE OF i SKIP LOCKED" if lock else ""), params
-    place_where = ["p.project_id = %s", "p.state = %s", _not_answered("p")]
-    place_params = [project.pk, Item.State.OPEN.value, user.pk, Answer.Status.DRAFT.value]
-    if start is not None:
-        condition, values = _from_start("p", start)
-        place_where.append(condition)
-        place_params += values
-    place = (f"SELECT p.priority, p.seq FROM {item_t} p WHERE {' AND '.join(place_where)}"
-             " ORDER BY p.priority DESC, p.seq ASC LIMIT 1")
-    # the place's values as scalar subqueries: the place is found once (a WITH query used more than
-    # once is materialized), and the index scan starts from them (NULL when the user answered every
-    # open item: then nothing is claimable)
-    at_priority, at_seq = "(SELECT priority FROM place)", "(SELECT seq FROM place)"
-    sql = (f"WITH place AS ({place})"
-           f" SELECT {rawsql.columns(Item, 'i')}, {at_priority}, {at_seq} FROM {item_t} i"
-           f" WHERE {_from('i', at_priority, at_seq)} AND {' AND '.join(where)}"
+            condition, values = _from_start("p", start)
+            place_where.append(condition)
+            place_params += values
+        head = (f"WITH place AS (SELECT p.priority, p.seq FROM {item_t} p WHERE {' AND '.join(place_where)}"
+                " ORDER BY p.priority DESC, p.seq ASC LIMIT 1) ")
+        # the place's values as scalar subqueries: the place is found once (a WITH query used more than
+        # once is materialized), and the index scan starts from them (NULL when the user answered every
+        # open item: then nothing is claimable)
+        at_priority, at_seq = "(SELECT priority FROM place)", "(SELECT seq FROM place)"
+        place_columns = f", {at_priority}, {at_seq}"
+        where.insert(0, _from("i", at_priority, at_seq))
+    elif start is not None:
+        condition, values = _from_start("i", start)
+        where.append(condition)
+        params += values
+    sql = (f"{head}SELECT {rawsql.columns(Item, 'i')}{place_columns} FROM {item_t} i WHERE {' AND '.join(where)}"
            " ORDER BY i.priority DESC, i.seq ASC LIMIT 1")
     if lock:
         sql += " FOR UPDATE OF i SKIP LOCKED"
